@@ -1,0 +1,1 @@
+"""The subcommands of `dragon`; each module exposes `register(subparsers)`."""

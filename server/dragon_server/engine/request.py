@@ -1,0 +1,117 @@
+"""What an edit asks for and what it gives back: the engine's public data types."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from PIL import Image
+
+
+class Mode(str, enum.Enum):
+    """The editing modes of DragonDiffusion."""
+
+    MOVE = "move"
+    DRAG = "drag"
+    APPEARANCE = "appearance"
+    PASTE = "paste"
+
+
+Arrow = Tuple[float, float, float, float]
+"""(x0, y0, x1, y1) in image pixels: from the start point to the end point."""
+
+
+class EditError(Exception):
+    """An edit that cannot run, with a machine-readable code and a one-line message for people."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, code: Optional[str] = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InputError(EditError):
+    """The request's inputs are wrong; the message says how to fix them."""
+
+    code = "bad_input"
+
+
+class ModelError(EditError):
+    """The model cannot be loaded; the message says what to do instead."""
+
+    code = "model_unavailable"
+
+
+class EditCancelled(EditError):
+    """The caller's cancel callback asked the edit to stop."""
+
+    code = "cancelled"
+
+    def __init__(self, message: str = "the edit was cancelled"):
+        super().__init__(message)
+
+
+@dataclass
+class EditRequest:
+    """One edit of one image.
+
+    Masks are greyscale images of the image's size (0 = outside, 255 = inside, soft edges allowed).
+    For `move` and `appearance` the mask marks the object; for `drag` it marks the region allowed to
+    change (optional: a region around the arrows is used when absent). `paste` and `appearance` need a
+    reference image and its object mask; paste arrows start in the reference's pixels and end in the
+    image's. `strength` multiplies the mode's default guidance strength. `steps` is the number of
+    DDIM steps; the guidance schedule (fixed for 50 steps in the release) is scaled to it.
+    """
+
+    mode: Mode
+    image: Image.Image
+    mask: Optional[Image.Image] = None
+    arrows: List[Arrow] = field(default_factory=list)
+    scale: float = 1.0
+    reference: Optional[Image.Image] = None
+    reference_mask: Optional[Image.Image] = None
+    prompt: str = ""
+    steps: int = 50
+    seed: int = 0
+    strength: float = 1.0
+    working_area: Optional[int] = None
+    """Pixel area the region of interest is scaled to; None takes the model's default."""
+    context: float = 0.25
+    """Margin around the edit, as a fraction of its size, that the model sees as context."""
+    guidance_scale: Optional[float] = None
+    """Classifier-free guidance scale; None takes the mode default. Unused when the prompt is empty."""
+
+
+@dataclass
+class ProgressEvent:
+    """Where a running edit is: `stage` (encode, inversion, reference, sampling, decode), step of total."""
+
+    stage: str
+    step: int
+    total: int
+    preview: Optional[Callable[[], Image.Image]] = None
+    """Decodes the current estimate of the edited region; set during sampling, costs one VAE decode."""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclass
+class EditResult:
+    """The edited image, of the input's size, and where it differs from the input.
+
+    `mask` is the blend mask (L, image size): 0 where the output is exactly the input. `box` is
+    (x, y, width, height), the bounding box of the mask's non-zero pixels; a host that inserts only the
+    changed pixels takes `image.crop` and `mask.crop` of that box.
+    """
+
+    image: Image.Image
+    mask: Image.Image
+    box: Tuple[int, int, int, int]
+    timings: Dict[str, float]
+    unet_evaluations: Dict[str, int]
+    working_size: Tuple[int, int]
