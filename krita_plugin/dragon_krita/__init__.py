@@ -1,0 +1,1 @@
+"""DragonDiffusion for Krita (placeholder until the Krita entry point lands)."""
