@@ -1,0 +1,58 @@
+"""Every limit of the protocol in one place; PROTOCOL.md lists the same numbers."""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+"""The version this package speaks; every message carries it as `v`."""
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest message, either direction. The server sets it on its socket; bigger ones drop the link."""
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Largest width * height of any image in an `edit`, read from the PNG header before decoding."""
+
+MAX_IMAGE_SIDE = 16384
+"""Largest width or height of any image in an `edit`."""
+
+MAX_ARROWS = 32
+MAX_ID_LENGTH = 64
+MAX_TEXT_LENGTH = 1000
+"""Longest prompt, client name or error message, in characters."""
+
+MAX_COORDINATE = 65536.0
+"""Arrow coordinates are finite numbers within +-MAX_COORDINATE pixels."""
+
+MODES = ("move", "drag", "appearance", "paste")
+
+STEPS_RANGE = (1, 200)
+SEED_RANGE = (0, 2**32 - 1)
+STRENGTH_RANGE = (0.0, 10.0)
+SCALE_RANGE = (0.1, 10.0)
+CONTEXT_RANGE = (0.0, 2.0)
+WORKING_AREA_RANGE = (64 * 64, 2048 * 2048)
+GUIDANCE_SCALE_RANGE = (0.0, 30.0)
+PREVIEW_INTERVAL_RANGE = (0.0, 3600.0)
+"""Seconds between preview images; 0 asks for none."""
+PREVIEW_SIZE_RANGE = (16, 1024)
+"""Longest side of a preview image, in pixels."""
+
+
+def as_dict() -> dict:
+    """The limits a `welcome` message reports, keyed by the names PROTOCOL.md uses."""
+    return {
+        "max_message_bytes": MAX_MESSAGE_BYTES,
+        "max_image_pixels": MAX_IMAGE_PIXELS,
+        "max_image_side": MAX_IMAGE_SIDE,
+        "max_arrows": MAX_ARROWS,
+        "max_id_length": MAX_ID_LENGTH,
+        "max_text_length": MAX_TEXT_LENGTH,
+        "steps": list(STEPS_RANGE),
+        "seed": list(SEED_RANGE),
+        "strength": list(STRENGTH_RANGE),
+        "scale": list(SCALE_RANGE),
+        "context": list(CONTEXT_RANGE),
+        "working_area": list(WORKING_AREA_RANGE),
+        "guidance_scale": list(GUIDANCE_SCALE_RANGE),
+        "preview_interval": list(PREVIEW_INTERVAL_RANGE),
+        "preview_size": list(PREVIEW_SIZE_RANGE),
+    }
