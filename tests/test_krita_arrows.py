@@ -3,11 +3,10 @@
 import math
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from dragon_krita.arrows import arrow_svg, arrows_from_svg, parse_transform, path_end_points
 from dragon_krita.errors import PluginError
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def close(a, b, tol=1e-6):
@@ -115,8 +114,13 @@ def test_short_arrow_is_refused():
 
 @pytest.mark.parametrize(
     "svg",
-    ['<path d="M0 0 L10"/>', '<path d="10 10 L 5 5"/>', "<path", '<path transform="matrix(1 2)" d="M0 0L9 9"/>',
-     '<line x1="a" x2="3"/>'],
+    [
+        '<path d="M0 0 L10"/>',
+        '<path d="10 10 L 5 5"/>',
+        "<path",
+        '<path transform="matrix(1 2)" d="M0 0L9 9"/>',
+        '<line x1="a" x2="3"/>',
+    ],
 )
 def test_malformed_svg_is_one_plugin_error(svg):
     with pytest.raises(PluginError) as info:

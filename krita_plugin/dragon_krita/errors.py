@@ -6,7 +6,9 @@ table makes it testable and consistent.
 
 from __future__ import annotations
 
-from typing import Dict
+import importlib
+import sys
+from typing import Any, Dict, List, Sequence
 
 GUIDE_LAYER_NAME = "Drag guides"
 
@@ -18,7 +20,7 @@ MESSAGES: Dict[str, str] = {
     ),
     "no_paint_layer": "Select the paint layer you want to edit (the active layer is {detail}).",
     "empty_layer": "The layer being edited is empty; pick the layer that holds the picture.",
-    "no_selection": "Select the object first (for example with the freehand selection tool), then press Edit.",
+    "no_selection": "Select the object first (for example with the freehand selection tool), then Edit.",
     "no_guide_layer": (
         f'There is no "{GUIDE_LAYER_NAME}" layer. Press "Guide layer", then draw an arrow on it with the '
         "line tool: from where the object is to where it should go."
@@ -74,3 +76,30 @@ class PluginError(Exception):
         self.detail = detail
         self.command = command
         super().__init__(MESSAGES[code].format(detail=detail, command=command))
+
+
+REQUIRED_MODULES = ("zmq", "msgpack", "dragon_protocol")
+MODULE_NAMES = {
+    "zmq": "pyzmq",
+    "msgpack": "msgpack",
+    "dragon_protocol": "the DragonDiffusion protocol package",
+}
+
+
+def missing_modules(names: Sequence[str] = REQUIRED_MODULES) -> List[str]:
+    """The modules the plugin needs that this Python cannot import."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def missing_modules_error(missing: Sequence[str], version: Any = sys.version_info) -> PluginError:
+    """The docker's message when modules are missing, with the exact command that fixes it."""
+    command = f"dragon install-plugin --krita-python {version[0]}.{version[1]}"
+    return PluginError(
+        "missing_modules", detail=", ".join(MODULE_NAMES.get(m, m) for m in missing), command=command
+    )

@@ -35,7 +35,7 @@ class Rect(NamedTuple):
     def is_empty(self) -> bool:
         return self.width <= 0 or self.height <= 0
 
-    def union(self, other: "Rect") -> "Rect":
+    def union(self, other: Rect) -> Rect:
         """The smallest rectangle holding both (an empty one adds nothing)."""
         if other.is_empty():
             return self
@@ -44,15 +44,17 @@ class Rect(NamedTuple):
         x, y = min(self.x, other.x), min(self.y, other.y)
         return Rect(x, y, max(self.right, other.right) - x, max(self.bottom, other.bottom) - y)
 
-    def intersect(self, other: "Rect") -> "Rect":
+    def intersect(self, other: Rect) -> Rect:
         """The overlap of both, with zero size when they do not overlap."""
         x, y = max(self.x, other.x), max(self.y, other.y)
-        return Rect(x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y))
+        return Rect(
+            x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y)
+        )
 
-    def pad(self, margin: int) -> "Rect":
+    def pad(self, margin: int) -> Rect:
         return Rect(self.x - margin, self.y - margin, self.width + 2 * margin, self.height + 2 * margin)
 
-    def translate(self, dx: int, dy: int) -> "Rect":
+    def translate(self, dx: int, dy: int) -> Rect:
         return Rect(self.x + dx, self.y + dy, self.width, self.height)
 
 

@@ -1,0 +1,340 @@
+"""Everything that touches Krita's document API: reading inputs, previews and inserting results.
+
+`KritaSource` reads one edit's inputs; `Controller` owns the connection, polls it from a Qt timer (so
+the GUI thread never waits on the network) and puts results into the document as new layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+from krita import Krita
+
+from . import pixels
+from .client import Client
+from .edit import EditSettings, PreparedEdit, Source, prepare_edit, result_layer
+from .errors import GUIDE_LAYER_NAME, PluginError
+from .jobs import Host, Job, Jobs, new_request_id
+from .qt import (
+    FORMAT_GREY,
+    FORMAT_RGBA,
+    IGNORE_ASPECT,
+    OPEN_WRITE,
+    SMOOTH,
+    QBuffer,
+    QByteArray,
+    QImage,
+    QTimer,
+)
+from .region import Rect
+
+POLL_MS = 30
+PREVIEW_LAYER_NAME = "Dragon preview"
+
+
+def encode_png(data: bytes, width: int, height: int, channels: int) -> bytes:
+    """PNG of R,G,B,A (channels 4) or grey (channels 1) bytes, through QImage."""
+    image = QImage(data, width, height, width * channels, FORMAT_RGBA if channels == 4 else FORMAT_GREY)
+    array = QByteArray()
+    buffer = QBuffer(array)
+    buffer.open(OPEN_WRITE)
+    image.save(buffer, "PNG")
+    buffer.close()
+    return bytes(array)
+
+
+def decode_png(data: bytes, channels: int, size: Optional[Tuple[int, int]] = None) -> Tuple[bytes, int, int]:
+    """R,G,B,A or grey bytes of a PNG (optionally scaled to `size`), with its width and height."""
+    image = QImage.fromData(data, "PNG")
+    if image.isNull():
+        raise PluginError("bad_reply", detail="an image is not a readable PNG")
+    if size is not None and (image.width(), image.height()) != size:
+        image = image.scaled(size[0], size[1], IGNORE_ASPECT, SMOOTH)
+    image = image.convertToFormat(FORMAT_RGBA if channels == 4 else FORMAT_GREY)
+    width, height, stride = image.width(), image.height(), image.bytesPerLine()
+    bits = image.constBits()
+    bits.setsize(stride * height)
+    raw = bytes(bits)
+    row = width * channels
+    if stride != row:
+        raw = b"".join(raw[y * stride : y * stride + row] for y in range(height))
+    return raw, width, height
+
+
+def active_document() -> Any:
+    """The document in the active view, or PluginError(no_document)."""
+    document = Krita.instance().activeDocument()
+    if document is None:
+        raise PluginError("no_document")
+    return document
+
+
+def check_color(document: Any) -> None:
+    """Only 8-bit RGBA documents are supported; refuse others with the way to convert them."""
+    model, depth = document.colorModel(), document.colorDepth()
+    if (model, depth) != ("RGBA", "U8"):
+        raise PluginError("unsupported_color", detail=f"{model} {depth}")
+
+
+def _rect(qrect: Any) -> Rect:
+    return Rect(qrect.x(), qrect.y(), qrect.width(), qrect.height())
+
+
+def _shape_svg(shape: Any) -> str:
+    """A shape's SVG; groups are rebuilt from their children with the group's own transform."""
+    if shape.type() == "KoShapeGroup" and hasattr(shape, "children"):
+        t = shape.transformation()
+        inner = "".join(_shape_svg(child) for child in shape.children())
+        matrix = f"matrix({t.m11()} {t.m12()} {t.m21()} {t.m22()} {t.dx()} {t.dy()})"
+        return f'<g transform="{matrix}">{inner}</g>'
+    return shape.toSvg()
+
+
+def find_layer(document: Any, name: str, kind: str = "") -> Any:
+    """The first layer called `name` (of node type `kind` when given), anywhere in the tree, or None."""
+    pending = list(document.topLevelNodes())
+    while pending:
+        node = pending.pop(0)
+        if node.name() == name and (not kind or node.type() == kind):
+            return node
+        pending.extend(node.childNodes())
+    return None
+
+
+def guide_layer(document: Any, create: bool = False) -> Any:
+    """The "Drag guides" vector layer; made on top of the layer stack when `create` and missing."""
+    layer = find_layer(document, GUIDE_LAYER_NAME, "vectorlayer")
+    if layer is None and create:
+        layer = document.createVectorLayer(GUIDE_LAYER_NAME)
+        document.rootNode().addChildNode(layer, None)
+    return layer
+
+
+def paint_layers(document: Any) -> List[str]:
+    """Names of the document's paint layers, top first, for the reference chooser."""
+    names: List[str] = []
+    pending = list(reversed(document.topLevelNodes()))
+    while pending:
+        node = pending.pop(0)
+        if node.type() == "paintlayer":
+            names.append(node.name())
+        pending[0:0] = list(reversed(node.childNodes()))
+    return names
+
+
+class KritaSource(Source):
+    """The inputs of one edit, read from a Krita document."""
+
+    def __init__(self, document: Any, settings: EditSettings):
+        check_color(document)
+        self.document = document
+        self.settings = settings
+        self.canvas = Rect(0, 0, document.width(), document.height())
+        self.x_res, self.y_res = document.xRes(), document.yRes()
+        self.node = document.activeNode()
+        if self.node is None or (self.node.type() != "paintlayer" and not settings.visible_canvas):
+            kind = "nothing" if self.node is None else f"a {self.node.type()}"
+            raise PluginError("no_paint_layer", detail=kind)
+        self.source_name = self.node.name()
+
+    def guide_svg(self) -> Optional[List[str]]:
+        layer = guide_layer(self.document)
+        return None if layer is None else [_shape_svg(shape) for shape in layer.shapes()]
+
+    def selection(self) -> Optional[Tuple[Rect, bytes]]:
+        selection = self.document.selection()
+        if selection is None or selection.width() <= 0 or selection.height() <= 0:
+            return None
+        rect = Rect(selection.x(), selection.y(), selection.width(), selection.height())
+        return rect, bytes(selection.pixelData(*rect))
+
+    def image_pixels(self, rect: Rect) -> bytes:
+        if self.settings.visible_canvas:
+            return bytes(self.document.pixelData(*rect))
+        return bytes(self.node.pixelData(*rect))
+
+    def _reference_node(self) -> Any:
+        node = find_layer(self.document, self.settings.reference)
+        if node is None:
+            raise PluginError("no_reference", detail=self.settings.mode.lower())
+        return node
+
+    def reference_pixels(self, rect: Rect) -> bytes:
+        return bytes(self._reference_node().pixelData(*rect))
+
+    def reference_mask(self) -> Tuple[Rect, bytes]:
+        node = self._reference_node()
+        for child in node.childNodes():
+            if child.type() == "selectionmask":
+                rect = self.canvas
+                data = bytes(child.pixelData(*rect))
+                if len(data) == rect.width * rect.height:
+                    return rect, data
+        rect = _rect(node.bounds()).intersect(self.canvas)
+        if rect.is_empty():
+            return Rect(0, 0, 1, 1), b"\0"
+        return rect, pixels.alpha_channel(bytes(node.pixelData(*rect)))
+
+    def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
+        return encode_png(data, width, height, channels)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Krita makes new Python wrappers on every call; compare what they wrap."""
+    try:
+        return a == b
+    except Exception:
+        return a is b
+
+
+class Controller(Host):
+    """The plugin's one connection and job queue; the docker and scripts both use it."""
+
+    def __init__(self) -> None:
+        self.settings = {"address": "tcp://127.0.0.1:5555", "server_key": "", "client_key": ""}
+        self.jobs = Jobs(self, self._make_client)
+        self.listeners: List[Any] = []
+        self.status = ("Not connected.", False)
+        self.timer = QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        notifier = Krita.instance().notifier()
+        notifier.imageClosed.connect(self._documents_changed)
+        notifier.applicationClosing.connect(self.shutdown)
+
+    def _make_client(self) -> Client:
+        s = self.settings
+        return Client(s["address"], s["server_key"], s["client_key"])
+
+    def connect(self, address: str = "", server_key: str = "", client_key: str = "") -> None:
+        """Connect to the server (the welcome arrives a moment later through the timer)."""
+        if address:
+            self.settings.update(address=address, server_key=server_key, client_key=client_key)
+        self.jobs.connect()
+        self.timer.start()
+
+    @property
+    def connected(self) -> bool:
+        return self.jobs.client is not None and self.jobs.client.connected
+
+    def start_edit(
+        self, settings: EditSettings, on_done: Optional[Callable[[Any, Optional[PluginError]], None]] = None
+    ) -> Job:
+        """Prepare an edit from the active document and send it; PluginError says what is missing."""
+        if not self.connected:
+            raise PluginError("not_connected")
+        document = active_document()
+        source = KritaSource(document, settings)
+        prepared: PreparedEdit = prepare_edit(settings, source, new_request_id())
+        job = Job(prepared, document, source.node)
+        job.extra.update(on_done=on_done, preview=None, active=document.activeNode())
+        self.jobs.submit(job)
+        return job
+
+    def cancel(self) -> None:
+        self.jobs.cancel()
+
+    def poll(self) -> None:
+        self.jobs.poll()
+
+    def shutdown(self) -> None:
+        """Krita is closing: stop polling and drop the socket without touching documents."""
+        self.timer.stop()
+        self.jobs.drop(lambda job: True)
+        if self.jobs.client is not None:
+            self.jobs.client.close()
+        self.jobs.client = None
+
+    def _documents_changed(self) -> None:
+        open_documents = Krita.instance().documents()
+        self.jobs.drop(lambda job: not any(_same(job.document, d) for d in open_documents))
+
+    # Host: called by Jobs from the timer.
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for listener in list(self.listeners):
+            getattr(listener, method)(*args)
+
+    def connection_changed(self, text: str, ok: bool) -> None:
+        self.status = (text, ok)
+        self._notify("connection_changed", text, ok)
+
+    def job_changed(self, job: Job) -> None:
+        self._notify("jobs_changed", self.jobs.running())
+
+    def _check_alive(self, job: Job) -> None:
+        if not any(_same(job.document, d) for d in Krita.instance().documents()):
+            raise PluginError("document_closed")
+        if job.node.parentNode() is None:
+            raise PluginError("layer_gone")
+
+    def _insert_above(self, job: Job, node: Any) -> None:
+        """Add `node` directly above the edited layer, leaving the user's active layer as it was."""
+        job.node.parentNode().addChildNode(node, job.node)
+        active = job.extra.get("active")
+        if active is not None:
+            job.document.setActiveNode(active)
+            QTimer.singleShot(0, lambda: job.document.setActiveNode(active))
+
+    def _remove_preview(self, job: Job) -> None:
+        preview = job.extra.get("preview")
+        job.extra["preview"] = None
+        if preview is not None and preview.parentNode() is not None:
+            preview.remove()
+
+    def job_preview(self, job: Job, png: bytes) -> None:
+        try:
+            self._check_alive(job)
+        except PluginError:
+            return
+        region = job.prepared.region
+        rgba, _, _ = decode_png(png, 4, (region.width, region.height))
+        preview = job.extra.get("preview")
+        if preview is None:
+            preview = job.document.createNode(PREVIEW_LAYER_NAME, "paintlayer")
+            preview.setPixelData(pixels.rgba_to_bgra(rgba), *region)
+            preview.setLocked(True)
+            self._insert_above(job, preview)
+            job.extra["preview"] = preview
+        else:
+            preview.setPixelData(pixels.rgba_to_bgra(rgba), *region)
+        job.document.refreshProjection()
+
+    def job_result(self, job: Job, result: Any) -> None:
+        """Insert the result as one new layer (one undo step) above the edited layer."""
+        self._check_alive(job)
+        self._remove_preview(job)
+        if result.image is None or result.mask is None or result.box[2] == 0:
+            raise PluginError("nothing_changed")
+        rgba, width, height = decode_png(result.image, 4)
+        mask, _, _ = decode_png(result.mask, 1, (width, height))
+        rect, bgra = result_layer(job.prepared.region, tuple(result.box), rgba, mask)
+        layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
+        layer.setPixelData(bgra, *rect)
+        self._insert_above(job, layer)
+        job.document.refreshProjection()
+        self._notify("job_finished", job, layer, None)
+        callback = job.extra.get("on_done")
+        if callback:
+            callback(layer, None)
+
+    def job_failed(self, job: Job, error: PluginError) -> None:
+        try:
+            self._remove_preview(job)
+        except RuntimeError:
+            pass  # the document is gone; nothing to clean
+        self._notify("job_finished", job, None, error)
+        callback = job.extra.get("on_done")
+        if callback:
+            callback(None, error)
+
+
+_controller: Optional[Controller] = None
+
+
+def controller() -> Controller:
+    """The plugin's controller, made on first use."""
+    global _controller
+    if _controller is None:
+        _controller = Controller()
+    return _controller

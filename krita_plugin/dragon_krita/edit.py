@@ -1,0 +1,239 @@
+"""Turning what is in the document into one `edit` message, and a result into layer pixels.
+
+The Krita adapter implements `Source` (a handful of reads); everything else here is plain Python, so
+the rules (which inputs each mode needs, what region is sent, what the layer is called) are tested
+without Krita.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from dragon_protocol import Edit
+from dragon_protocol import limits as protocol_limits
+
+from . import pixels
+from .arrows import Arrow, arrows_from_svg
+from .errors import PluginError
+from .region import Rect, edit_region, paste_arrows, relative_arrows, result_rect, with_context
+
+MODE_LABELS = ("Move", "Resize", "Drag", "Appearance", "Paste")
+"""The docker's modes; Resize is a move with a scale."""
+
+WIRE_MODES = {"Move": "move", "Resize": "move", "Drag": "drag", "Appearance": "appearance", "Paste": "paste"}
+
+
+@dataclass
+class EditSettings:
+    """What the painter chose in the docker (defaults that work for a first try)."""
+
+    mode: str = "Move"
+    scale: float = 1.0
+    strength: float = 1.0
+    steps: int = 50
+    seed: int = 0
+    prompt: str = ""
+    context: float = 0.25
+    preview: bool = True
+    visible_canvas: bool = False
+    """Send the visible canvas instead of the active layer's pixels."""
+    reference: str = ""
+    """Name of the reference layer (appearance and paste)."""
+
+    def check(self) -> None:
+        """PluginError(bad_parameter) when a value is outside what the server accepts."""
+        if self.mode not in WIRE_MODES:
+            raise PluginError(
+                "bad_parameter", detail=f"Unknown mode {self.mode!r}; pick one of {', '.join(MODE_LABELS)}."
+            )
+        ranges = (
+            ("Scale", self.scale, protocol_limits.SCALE_RANGE),
+            ("Strength", self.strength, protocol_limits.STRENGTH_RANGE),
+            ("Steps", self.steps, protocol_limits.STEPS_RANGE),
+            ("Seed", self.seed, protocol_limits.SEED_RANGE),
+            ("Context", self.context, protocol_limits.CONTEXT_RANGE),
+        )
+        for name, value, (low, high) in ranges:
+            if not low <= value <= high:
+                raise PluginError(
+                    "bad_parameter", detail=f"{name} must be from {low:g} to {high:g} (it is {value:g})."
+                )
+        if len(self.prompt) > protocol_limits.MAX_TEXT_LENGTH:
+            raise PluginError(
+                "bad_parameter",
+                detail=f"The prompt is longer than {protocol_limits.MAX_TEXT_LENGTH} characters.",
+            )
+
+
+class Source:
+    """What an edit reads from the document; the Krita adapter implements it (tests use fakes).
+
+    Pixels are B,G,R,A bytes of the given rectangle; masks one byte per pixel.
+    """
+
+    canvas: Rect
+    x_res: float
+    y_res: float
+    source_name: str
+
+    def guide_svg(self) -> Optional[List[str]]:
+        """SVG of each top-level shape on the guide layer, or None when there is no guide layer."""
+        raise NotImplementedError
+
+    def selection(self) -> Optional[Tuple[Rect, bytes]]:
+        """The global selection's bounds and bytes, or None when nothing is selected."""
+        raise NotImplementedError
+
+    def image_pixels(self, rect: Rect) -> bytes:
+        raise NotImplementedError
+
+    def reference_pixels(self, rect: Rect) -> bytes:
+        raise NotImplementedError
+
+    def reference_mask(self) -> Tuple[Rect, bytes]:
+        """The reference object: the reference layer's selection mask, or else its alpha."""
+        raise NotImplementedError
+
+    def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
+        """PNG of R,G,B,A (channels 4) or grey (channels 1) bytes."""
+        raise NotImplementedError
+
+
+@dataclass
+class PreparedEdit:
+    """An edit ready to send, and what is needed to place its result."""
+
+    message: Edit
+    region: Rect
+    layer_name: str
+    arrows: List[Arrow]
+
+
+def _selection_mask(source: Source) -> Optional[Tuple[Rect, bytes, Rect]]:
+    """(selection bounds, its bytes, tight box of its non-zero pixels), or None when empty."""
+    selection = source.selection()
+    if selection is None:
+        return None
+    rect, data = selection
+    box = pixels.mask_bounds(data, rect.width, rect.height) if not rect.is_empty() else None
+    if box is None:
+        return None
+    return rect, data, box.translate(rect.x, rect.y)
+
+
+def _arrows(source: Source, needed: int) -> List[Arrow]:
+    svg = source.guide_svg()
+    if svg is None:
+        raise PluginError("no_guide_layer")
+    arrows = arrows_from_svg(svg, source.x_res, source.y_res)
+    if len(arrows) < needed:
+        raise PluginError("no_arrows")
+    if len(arrows) > protocol_limits.MAX_ARROWS:
+        raise PluginError("bad_parameter", detail=f"Use at most {protocol_limits.MAX_ARROWS} arrows at once.")
+    return arrows
+
+
+def layer_name(settings: EditSettings, arrows: List[Arrow]) -> str:
+    """The result layer's name: the mode and the parameters that produced it."""
+    parts = []
+    if settings.mode in ("Move", "Resize", "Paste") and arrows:
+        x0, y0, x1, y1 = arrows[0]
+        parts.append(f"dx {x1 - x0:+.0f}, dy {y1 - y0:+.0f}")
+    if settings.mode == "Drag":
+        parts.append(f"{len(arrows)} arrow{'s' if len(arrows) != 1 else ''}")
+    if settings.mode in ("Resize", "Paste") or settings.scale != 1.0:
+        parts.append(f"scale {settings.scale:g}")
+    if settings.mode in ("Appearance", "Paste"):
+        parts.append(f"from {settings.reference}")
+    if settings.prompt:
+        parts.append(f'"{settings.prompt[:30]}"')
+    parts += [f"strength {settings.strength:g}", f"steps {settings.steps}", f"seed {settings.seed}"]
+    return f"Dragon {settings.mode} ({', '.join(parts)})"
+
+
+def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
+    """Read the document through `source` and build the `edit` message for `settings`.
+
+    Raises PluginError, worded for the painter, when an input the mode needs is missing.
+    """
+    settings.check()
+    mode = WIRE_MODES[settings.mode]
+    arrows: List[Arrow] = []
+    if mode in ("move", "drag", "paste"):
+        arrows = _arrows(source, 1)
+        if mode != "drag":
+            arrows = arrows[:1]
+    selection = _selection_mask(source)
+    if selection is None and mode in ("move", "appearance"):
+        raise PluginError("no_selection")
+    reference_box = reference_region = None
+    reference_data = b""
+    if mode in ("appearance", "paste"):
+        if not settings.reference:
+            raise PluginError("no_reference", detail=settings.mode.lower())
+        if settings.reference == source.source_name and not settings.visible_canvas:
+            raise PluginError("reference_is_source")
+        ref_rect, reference_data = source.reference_mask()
+        found = pixels.mask_bounds(reference_data, ref_rect.width, ref_rect.height)
+        if found is None:
+            raise PluginError("empty_reference", detail=repr(settings.reference))
+        reference_box = found.translate(ref_rect.x, ref_rect.y)
+        reference_region = with_context(reference_box, source.canvas, settings.context)
+        reference_data = pixels.copy_into(reference_data, ref_rect, reference_region)
+    region = edit_region(
+        mode,
+        source.canvas,
+        arrows,
+        mask_box=selection[2] if selection else None,
+        reference_box=reference_box,
+        scale=settings.scale,
+        context=settings.context,
+    )
+    if region.is_empty():
+        raise PluginError("no_selection")
+    rgba = pixels.bgra_to_rgba(source.image_pixels(region))
+    if pixels.is_empty(pixels.alpha_channel(rgba)):
+        raise PluginError("empty_layer")
+    png = source.encode_png
+    mask_png = None
+    if selection is not None:
+        mask = pixels.copy_into(selection[1], selection[0], region)
+        mask_png = png(mask, region.width, region.height, 1)
+    reference_png = reference_mask_png = None
+    if reference_region is not None:
+        ref_rgba = pixels.bgra_to_rgba(source.reference_pixels(reference_region))
+        reference_png = png(ref_rgba, reference_region.width, reference_region.height, 4)
+        reference_mask_png = png(reference_data, reference_region.width, reference_region.height, 1)
+    wire_arrows = (
+        paste_arrows(arrows, reference_region, region)
+        if mode == "paste" and reference_region is not None
+        else relative_arrows(arrows, region)
+    )
+    message = Edit(
+        id=request_id,
+        mode=mode,
+        image=png(rgba, region.width, region.height, 4),
+        mask=mask_png,
+        arrows=[tuple(a) for a in wire_arrows],
+        reference=reference_png,
+        reference_mask=reference_mask_png,
+        prompt=settings.prompt,
+        steps=settings.steps,
+        seed=settings.seed,
+        strength=settings.strength,
+        scale=settings.scale,
+        context=settings.context,
+        preview_interval=1.0 if settings.preview else 0.0,
+    )
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows)
+
+
+def result_layer(
+    region: Rect, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes
+) -> Tuple[Rect, bytes]:
+    """Where the result goes in the document and its B,G,R,A bytes, alpha = blend mask."""
+    x, y, width, height = box
+    if len(rgba) != width * height * 4 or len(mask) != width * height:
+        raise PluginError("bad_reply", detail=f"result pixels do not match its {width}x{height} box")
+    return result_rect(region, x, y, width, height), pixels.rgba_to_bgra(pixels.with_alpha(rgba, mask))
