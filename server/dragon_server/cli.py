@@ -19,6 +19,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 SUBCOMMAND_MODULES = (
     "dragon_server.commands.edit",
+    "dragon_server.commands.serve",
+    "dragon_server.commands.keys",
+    "dragon_server.commands.status",
 )
 
 

@@ -81,8 +81,8 @@ class EditRequest:
     """Pixel area the region of interest is scaled to; None takes the model's default."""
     context: float = 0.25
     """Margin around the edit, as a fraction of its size, that the model sees as context."""
-    guidance_scale: Optional[float] = None
-    """Classifier-free guidance scale; None takes the mode default. Unused when the prompt is empty."""
+    settings: Dict[str, float] = field(default_factory=dict)
+    """Overrides of the method's weights and schedule, by name (see `MethodSettings`)."""
 
 
 @dataclass

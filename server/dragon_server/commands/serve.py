@@ -1,0 +1,111 @@
+"""`dragon serve`: load the model once and serve edits over ZeroMQ until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import zmq
+
+from dragon_server.serve import keys
+from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
+from dragon_server.serve.link import DEFAULT_SERVER
+
+log = logging.getLogger("dragon.server")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the inference server",
+        description="Load the model once, then serve edits to Krita and `dragon edit --server` until "
+        "Ctrl-C. Listening on anything but this computer needs CURVE keys (see `dragon keys`).",
+    )
+    p.add_argument("--bind", action="append", metavar="ENDPOINT",
+                   help=f"tcp://HOST:PORT or ipc://PATH to listen on; repeatable (default {DEFAULT_SERVER})")
+    p.add_argument("--model", default="sd15",
+                   help="sd15 (downloaded once), tiny or sd15-random (random weights, for tests), "
+                   "a diffusers folder, or a .safetensors/.ckpt file (default sd15)")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default auto)")
+    p.add_argument("--keys", metavar="PATH",
+                   help="the server's key pair: a .key_secret file, or a folder holding server.key_secret")
+    p.add_argument("--allowed-clients", metavar="DIR",
+                   help="folder of the public keys (*.key) of clients allowed in; needs --keys")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback address without encryption or keys (trusted networks only)")
+    p.add_argument("--queue", type=int, default=8, metavar="N",
+                   help="how many edits may wait behind the running one (default 8)")
+    p.add_argument("--keep-results", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long finished results stay fetchable after a client went away (default 3600)")
+    p.add_argument("--keep-results-mb", type=int, default=512, metavar="MB",
+                   help="memory for kept results; the oldest go first (default 512)")
+    p.add_argument("--verbose", action="store_true", help="log debugging detail")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the options, bind, and serve; return the exit code."""
+    from dragon_server.serve.server import Server, ServerConfig  # imports torch: only when serving
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        config = ServerConfig(
+            binds=_endpoints(args),
+            model=args.model,
+            device=args.device,
+            queue_size=args.queue,
+            keep_seconds=args.keep_results,
+            keep_bytes=args.keep_results_mb * 1024 * 1024,
+            secret_key=args.keys,
+            allowed_clients=args.allowed_clients,
+        )
+    except (EndpointError, keys.KeyFileError) as error:
+        return _fail(str(error), 2)
+    server = Server(config)
+    try:
+        server.bind()
+    except (zmq.ZMQError, keys.KeyFileError) as error:
+        server.close()
+        return _fail(str(error), 1)
+    return server.run()
+
+
+def _endpoints(args: argparse.Namespace) -> list:
+    """The endpoints to bind, after checking that each public one is protected."""
+    binds = [check_endpoint(endpoint) for endpoint in (args.bind or [DEFAULT_SERVER])]
+    if (args.keys is None) != (args.allowed_clients is None):
+        raise EndpointError("--keys and --allowed-clients go together: give both or neither")
+    if args.insecure and args.keys:
+        raise EndpointError("--insecure and --keys exclude each other")
+    if args.queue < 1 or args.keep_results < 0 or args.keep_results_mb < 1:
+        raise EndpointError("--queue and --keep-results-mb must be at least 1, --keep-results at least 0")
+    if args.keys is not None:
+        keys.load_secret(args.keys)
+        if keys.count_client_keys(args.allowed_clients) == 0:
+            raise keys.KeyFileError(
+                f"{args.allowed_clients} holds no client public keys (*.key): make one with `dragon keys`"
+            )
+        return binds
+    public = [endpoint for endpoint in binds if not is_loopback(endpoint)]
+    if public and not args.insecure:
+        raise EndpointError(
+            f"refusing to listen on {public[0]} without encryption: give --keys and --allowed-clients "
+            "(make them with `dragon keys`), use an SSH tunnel, or add --insecure on a trusted network"
+        )
+    for endpoint in public:
+        log.warning(
+            "WARNING: listening on %s without encryption or client keys (--insecure): anyone who can "
+            "reach it can use this server and see the images", endpoint,
+        )
+    return binds
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"dragon serve: error: {message}\n")
+    return code

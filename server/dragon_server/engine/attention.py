@@ -1,0 +1,142 @@
+"""Cross-branch self-attention (paper section 3.4): the decoder's self-attention keys and values of the
+source image, recorded during inversion (the memory bank), replace or join those of the edit.
+
+Only the decoder (`up_blocks`) self-attention layers are touched; encoder correspondence is weak.
+The processors use PyTorch's scaled_dot_product_attention and stay installed: with no action set they
+compute plain self-attention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+
+KV = Tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class MemoryBank:
+    """Keys and values of every decoder self-attention layer, per denoising step index."""
+
+    entries: Dict[int, Dict[str, KV]] = field(default_factory=dict)
+
+    def get(self, step: int, layer: str) -> KV:
+        return self.entries[step][layer]
+
+    def has(self, step: int) -> bool:
+        return step in self.entries
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layers in self.entries.values()
+                   for kv in layers.values() for t in kv)
+
+
+@dataclass
+class _Action:
+    kind: str  # record | replace | concat | masked
+    step: int
+    bank: MemoryBank
+    ref_bank: Optional[MemoryBank] = None
+    keep: Optional[torch.Tensor] = None
+    keep_ref: Optional[torch.Tensor] = None
+
+
+def _token_mask(mask: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A latent-grid mask (h, w) resized to a layer with `tokens` positions, as booleans (tokens,)."""
+    h, w = mask.shape
+    factor = int(round((h * w / tokens) ** 0.5))
+    small = F.interpolate(mask[None, None].float(), size=(h // factor, w // factor), mode="area")
+    return small.reshape(-1) > 0.5
+
+
+class CrossBranchAttention:
+    """Says what the decoder self-attention layers do during the next UNet passes."""
+
+    def __init__(self, unet: UNet2DConditionModel):
+        self.action: Optional[_Action] = None
+        self._masks: Dict[Tuple[int, int], torch.Tensor] = {}
+        for b, block in enumerate(unet.up_blocks):
+            for a, attention in enumerate(getattr(block, "attentions", None) or []):
+                for t, transformer in enumerate(attention.transformer_blocks):
+                    transformer.attn1.set_processor(_BranchProcessor(self, f"up{b}.{a}.{t}"))
+
+    @contextlib.contextmanager
+    def _acting(self, action: _Action) -> Iterator[None]:
+        self.action, self._masks = action, {}
+        try:
+            yield
+        finally:
+            self.action, self._masks = None, {}
+
+    def recording(self, bank: MemoryBank, step: int):
+        """Store this pass's keys and values into `bank` under `step`."""
+        bank.entries.setdefault(step, {})
+        return self._acting(_Action("record", step, bank))
+
+    def replacing(self, bank: MemoryBank, step: int):
+        """Attend to the source's keys and values instead of the edit's own (move)."""
+        return self._acting(_Action("replace", step, bank))
+
+    def joining(self, bank: MemoryBank, step: int):
+        """Attend to the edit's own keys and values and the source's together (drag)."""
+        return self._acting(_Action("concat", step, bank))
+
+    def masked(self, bank: MemoryBank, keep: torch.Tensor, ref_bank: MemoryBank, keep_ref: torch.Tensor,
+               step: int):
+        """Attend to source tokens where `keep` and reference tokens where `keep_ref` (latent-grid masks):
+        the background from the image, the object's look from the reference (appearance, paste)."""
+        return self._acting(_Action("masked", step, bank, ref_bank, keep, keep_ref))
+
+    def exchange(self, layer: str, k: torch.Tensor, v: torch.Tensor):
+        """Keys, values and boolean key mask that the layer `layer` attends to."""
+        act = self.action
+        if act is None:
+            return k, v, None
+        if act.kind == "record":
+            act.bank.entries[act.step][layer] = (k.detach(), v.detach())
+            return k, v, None
+        batch = k.shape[0]
+        bk, bv = act.bank.get(act.step, layer)
+        if act.kind == "replace":
+            return bk.expand(batch, -1, -1), bv.expand(batch, -1, -1), None
+        if act.kind == "concat":
+            return torch.cat([k, bk.expand(batch, -1, -1)], 1), torch.cat([v, bv.expand(batch, -1, -1)], 1), None
+        rk, rv = act.ref_bank.get(act.step, layer)
+        tokens = bk.shape[1]
+        if tokens not in self._masks:
+            keep, keep_ref = _token_mask(act.keep, tokens), _token_mask(act.keep_ref, tokens)
+            if not keep.any():
+                keep = torch.ones_like(keep)
+            if not keep_ref.any():
+                keep_ref = torch.ones_like(keep_ref)
+            self._masks[tokens] = torch.cat([keep, keep_ref])[None, None, None, :]
+        keys = torch.cat([bk, rk], 1).expand(batch, -1, -1)
+        values = torch.cat([bv, rv], 1).expand(batch, -1, -1)
+        return keys, values, self._masks[tokens]
+
+
+class _BranchProcessor:
+    """Self-attention of one decoder layer, with keys and values chosen by the controller."""
+
+    def __init__(self, control: CrossBranchAttention, name: str):
+        self.control, self.name = control, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        batch, tokens, _ = hidden_states.shape
+        q = attn.to_q(hidden_states)
+        k, v, mask = self.control.exchange(self.name, attn.to_k(hidden_states), attn.to_v(hidden_states))
+        heads = attn.heads
+        dim = q.shape[-1] // heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, -1, heads, dim).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        out = out.transpose(1, 2).reshape(batch, tokens, heads * dim)
+        return attn.to_out[1](attn.to_out[0](out))

@@ -1,0 +1,133 @@
+"""The engine's entry point: load a model once, then edit many times.
+
+An edit flows one way: check the request -> plan it in pixels -> cut and scale the region of interest
+-> invert the source (and reference) -> build the mode's guide -> sample -> decode -> blend back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import torch
+
+from dragon_server.engine.ddim import Timeline
+from dragon_server.engine.geometry import paste_back
+from dragon_server.engine.inversion import SourceState, invert
+from dragon_server.engine.models import Components, load_components
+from dragon_server.engine.planning import plan_pixels
+from dragon_server.engine.regions import build_guide
+from dragon_server.engine.request import (
+    CancelCallback,
+    EditCancelled,
+    EditRequest,
+    EditResult,
+    Mode,
+    ProgressCallback,
+    ProgressEvent,
+)
+from dragon_server.engine.runner import Runner
+from dragon_server.engine.sampler import sample
+from dragon_server.engine.settings import MethodSettings, Schedule
+from dragon_server.engine.validate import check_request
+
+
+class Engine:
+    """One loaded model and everything needed to run DragonDiffusion edits with it."""
+
+    def __init__(self, components: Components):
+        self.components = components
+        self.runner = Runner(components)
+
+    @classmethod
+    def load(cls, model: str = "sd15", device: str = "auto", dtype: Optional[str] = None) -> Engine:
+        """Load `model` (see `load_components`) on `device`; raises ModelError with a one-line reason."""
+        return cls(load_components(model, device, dtype))
+
+    @property
+    def model_name(self) -> str:
+        return self.components.name
+
+    @property
+    def device(self) -> str:
+        return str(self.components.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.components.dtype).replace("torch.", "")
+
+    def edit(self, request: EditRequest, progress: Optional[ProgressCallback] = None,
+             cancel: Optional[CancelCallback] = None) -> EditResult:
+        """Run one edit. `progress` gets a ProgressEvent after every step of every stage; when `cancel()`
+        returns True the edit stops within one step with EditCancelled. Bad input raises InputError."""
+        clock = _Clock(self.components.device)
+        request = check_request(request)
+        settings = MethodSettings.for_mode(request.mode, request.settings)
+        schedule = Schedule.build(settings, request.steps)
+        plan = plan_pixels(request, request.working_area or self.components.default_area)
+        runner = self.runner
+        runner.counts.clear()
+
+        def report(stage: str, step: int, total: int, preview=None) -> None:
+            if cancel is not None and cancel():
+                raise EditCancelled()
+            if progress is not None:
+                progress(ProgressEvent(stage, step, total, preview))
+
+        report("encode", 0, 1)
+        timeline = Timeline.build(self.components.scheduler, request.steps, self.components.device)
+        text = runner.text(request.prompt)
+        uncond = runner.text("") if request.prompt.strip() else None
+        source_latent = runner.encode(plan.frame.cut(request.image))
+        report("encode", 1, 1)
+        clock.lap("encode")
+
+        source = self._invert(source_latent, text, timeline, schedule, "inversion", report)
+        clock.lap("inversion")
+        reference = None
+        if request.mode in (Mode.APPEARANCE, Mode.PASTE):
+            ref_latent = runner.encode(plan.ref_frame.cut(request.reference))
+            reference = self._invert(ref_latent, text, timeline, schedule, "reference", report)
+            clock.lap("reference")
+
+        guide = build_guide(runner, request, plan, settings, schedule, source, reference)
+        generator = torch.Generator(device=self.components.device).manual_seed(request.seed)
+
+        def step_done(done: int, total: int, x0: torch.Tensor) -> None:
+            report("sampling", done, total, lambda: runner.decode(x0))
+
+        latent = sample(runner, guide, timeline, schedule, settings, text, uncond, request.strength,
+                        generator, step_done)
+        clock.lap("sampling")
+        edited = runner.decode(latent)
+        report("decode", 1, 1)
+        clock.lap("decode")
+
+        result = paste_back(request.image, edited, plan.frame, plan.blend)
+        clock.lap("blend")
+        x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
+        return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
+                          plan.frame.size)
+
+    def _invert(self, latent: torch.Tensor, text: torch.Tensor, timeline: Timeline, schedule: Schedule,
+                stage: str, report) -> SourceState:
+        report(stage, 0, len(timeline))
+        return invert(self.runner, latent, text, timeline, schedule.bank,
+                      lambda done, total: report(stage, done, total))
+
+
+class _Clock:
+    """Wall time per stage; waits for the GPU only at stage boundaries."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = self.last = time.perf_counter()
+        self.timings: Dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[name] = now - self.last
+        self.timings["total"] = now - self.start
+        self.last = now

@@ -1,0 +1,185 @@
+"""Pixel geometry of an edit: placements, the region of interest, the working size and the final blend.
+
+Any image size works: the engine edits only a region of interest around the edit (plus context),
+scaled to the model's working size, and blends the result back through a feathered mask, so pixels
+outside the edit are exactly the input's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+Box = Tuple[float, float, float, float]
+"""(x0, y0, x1, y1): left, top, right, bottom edges in pixels."""
+
+LATENT_FACTOR = 8
+GRID_FACTOR = 4
+"""The guidance features live on a grid a quarter of the working size (twice the latent size)."""
+
+
+@dataclass(frozen=True)
+class Affine:
+    """Axis-aligned similarity map from source points q to target points p = (sx*qx + tx, sy*qy + ty)."""
+
+    sx: float = 1.0
+    sy: float = 1.0
+    tx: float = 0.0
+    ty: float = 0.0
+
+    @classmethod
+    def about(cls, center: Tuple[float, float], scale: float, shift: Tuple[float, float]) -> Affine:
+        """Scale by `scale` about `center`, then move by `shift`."""
+        cx, cy = center
+        return cls(scale, scale, cx * (1 - scale) + shift[0], cy * (1 - scale) + shift[1])
+
+    def __call__(self, x: float, y: float) -> Tuple[float, float]:
+        return self.sx * x + self.tx, self.sy * y + self.ty
+
+    def then(self, after: Affine) -> Affine:
+        """This map followed by `after`."""
+        return Affine(after.sx * self.sx, after.sy * self.sy, after.sx * self.tx + after.tx,
+                      after.sy * self.ty + after.ty)
+
+    def inverse(self) -> Affine:
+        return Affine(1 / self.sx, 1 / self.sy, -self.tx / self.sx, -self.ty / self.sy)
+
+    def box(self, box: Box) -> Box:
+        x0, y0 = self(box[0], box[1])
+        x1, y1 = self(box[2], box[3])
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A crop of an image (integer box in its pixels, possibly reaching past its edges) scaled to the
+    working size (multiples of 64)."""
+
+    box: Tuple[int, int, int, int]
+    size: Tuple[int, int]
+
+    @property
+    def crop_size(self) -> Tuple[int, int]:
+        return self.box[2] - self.box[0], self.box[3] - self.box[1]
+
+    def to_work(self) -> Affine:
+        """Image pixels to working pixels."""
+        (w, h), (W, H) = self.crop_size, self.size
+        return Affine(W / w, H / h, -self.box[0] * W / w, -self.box[1] * H / h)
+
+    def to(self, factor: int) -> Affine:
+        """Image pixels to cells of a grid `factor` times coarser than the working size."""
+        return self.to_work().then(Affine(1 / factor, 1 / factor))
+
+    def cut(self, image: Image.Image) -> Image.Image:
+        """The crop, scaled to the working size (areas past the image's edges are black)."""
+        resample = Image.Resampling.LANCZOS if image.mode == "RGB" else Image.Resampling.BILINEAR
+        return image.crop(self.box).resize(self.size, resample)
+
+
+def union(boxes: Iterable[Optional[Box]]) -> Optional[Box]:
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def clip(box: Box, width: int, height: int) -> Optional[Box]:
+    """The part of `box` inside the image, or None if nothing is."""
+    x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def mask_box(mask: Image.Image, threshold: int = 0) -> Optional[Box]:
+    """Bounding box of the mask's pixels above `threshold`, or None for an empty mask."""
+    return mask.point(lambda v: 255 if v > threshold else 0).getbbox()
+
+
+def working_size(width: float, height: float, area: int) -> Tuple[int, int]:
+    """The size near `area` pixels with the crop's aspect ratio and sides multiples of 64."""
+    s = math.sqrt(area / (width * height))
+    return max(64, int(round(width * s / 64)) * 64), max(64, int(round(height * s / 64)) * 64)
+
+
+def _fit(lo: float, hi: float, length: float, limit: int) -> Tuple[int, int]:
+    """An integer span of `length` (at most `limit`) around [lo, hi], kept inside [0, limit]."""
+    length = min(limit, max(length, hi - lo))
+    start = (lo + hi) / 2 - length / 2
+    start = min(max(start, 0), limit - length)
+    a = int(math.floor(start))
+    return a, min(limit, max(a + 1, int(math.ceil(start + length))))
+
+
+def region_of_interest(edit: Box, width: int, height: int, area: int, context: float) -> Frame:
+    """The crop the model sees: the edit's box grown by `context` of its size (and to at least half the
+    working side), inside the image."""
+    bw, bh = edit[2] - edit[0], edit[3] - edit[1]
+    margin = context * max(bw, bh) + 8
+    least = math.sqrt(area) / 2
+    x0, x1 = _fit(edit[0] - margin, edit[2] + margin, max(least, bw + 2 * margin), width)
+    y0, y1 = _fit(edit[1] - margin, edit[3] + margin, max(least, bh + 2 * margin), height)
+    return Frame((x0, y0, x1, y1), working_size(x1 - x0, y1 - y0, area))
+
+
+def aspect_frame(around: Box, aspect: float, size: Tuple[int, int], context: float) -> Frame:
+    """A crop around `around` (grown by `context`) with the width/height ratio `aspect`, scaled to
+    `size`; it may reach past the image's edges."""
+    bw, bh = around[2] - around[0], around[3] - around[1]
+    margin = context * max(bw, bh) + 8
+    w, h = bw + 2 * margin, bh + 2 * margin
+    w, h = max(w, h * aspect), max(h, w / aspect)
+    cx, cy = (around[0] + around[2]) / 2, (around[1] + around[3]) / 2
+    x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
+    return Frame((x0, y0, x0 + max(1, int(round(w))), y0 + max(1, int(round(h)))), size)
+
+
+def warp_mask(mask: Image.Image, affine: Affine, size: Tuple[int, int]) -> Image.Image:
+    """`mask` moved by `affine` (source pixels to target pixels) onto a canvas of `size`; what falls
+    outside is clipped."""
+    inv = affine.inverse()
+    coeffs = (inv.sx, 0.0, inv.tx, 0.0, inv.sy, inv.ty)
+    return mask.transform(size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=0)
+
+
+def blend_mask(region: Image.Image, frame: Frame, grow: float, feather: float) -> Image.Image:
+    """Full-size blend mask: `region` grown by `grow` px, feathered by `feather` px, and zero outside the
+    region of interest (so that the crop's edges never show)."""
+    x0, y0, x1, y1 = frame.box
+    crop = region.crop(frame.box).point(lambda v: 255 if v > 127 else 0)
+    if grow > 0:
+        crop = crop.filter(ImageFilter.GaussianBlur(grow / 2)).point(lambda v: 255 if v > 8 else 0)
+    if feather > 0:
+        crop = crop.filter(ImageFilter.GaussianBlur(feather / 2))
+    arr = np.asarray(crop).copy()
+    edge = max(1, int(math.ceil(feather / 2)))
+    inner = np.zeros_like(arr)
+    inner[edge:-edge or None, edge:-edge or None] = 1
+    # Touching the image's own edge is fine; only the crop's inner edges must stay untouched.
+    if x0 == 0:
+        inner[:, :edge] = inner[:, edge:edge + 1]
+    if y0 == 0:
+        inner[:edge, :] = inner[edge:edge + 1, :]
+    if x1 == region.width:
+        inner[:, -edge:] = inner[:, -edge - 1:-edge]
+    if y1 == region.height:
+        inner[-edge:, :] = inner[-edge - 1:-edge, :]
+    full = Image.new("L", region.size, 0)
+    full.paste(Image.fromarray(arr * inner), (x0, y0))
+    return full
+
+
+def paste_back(original: Image.Image, edited: Image.Image, frame: Frame, mask: Image.Image) -> Image.Image:
+    """The edited working-size crop scaled back into its frame of `original` and blended through `mask`
+    (full size); where the mask is 0 the result is exactly `original`."""
+    canvas = original.copy()
+    canvas.paste(edited.resize(frame.crop_size, Image.Resampling.LANCZOS), frame.box[:2])
+    a = np.asarray(original, dtype=np.float32)
+    b = np.asarray(canvas, dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    out = np.rint(a * (1 - m) + b * m).astype(np.uint8)
+    out = np.where(m > 0, out, np.asarray(original))
+    return Image.fromarray(out, "RGB")

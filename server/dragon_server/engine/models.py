@@ -1,0 +1,281 @@
+"""Loading Stable Diffusion 1.x components: from the hub, a local folder, a checkpoint file, or built
+in-process with random weights (`tiny`, `sd15-random`) so that every code path runs offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dragon_server.engine.request import ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MODEL_ALIASES = {"sd15": DEFAULT_MODEL}
+RANDOM_MODELS = ("tiny", "sd15-random")
+
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+SD1_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+
+@dataclass
+class Components:
+    """Everything one model needs, loaded once on one device."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: Any
+    scheduler: DDIMScheduler
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    default_area: int
+    """Pixel area the region of interest is scaled to when a request does not say."""
+
+    @property
+    def latent_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU for `auto`; otherwise the named device, checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelError(f"unknown device '{device}': use auto, cuda, cuda:N, mps or cpu") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("CUDA was asked for but this PyTorch sees no CUDA GPU: use --device cpu or auto")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("MPS was asked for but is not available here: use --device cpu or auto")
+    return dev
+
+
+def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype:
+    """Half precision on GPUs (fp16, or bf16 when asked), fp32 on the CPU."""
+    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype is not None:
+        if dtype not in names:
+            raise ModelError(f"unknown dtype '{dtype}': use fp32, fp16 or bf16")
+        return names[dtype]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def byte_level_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer over single bytes, made in-process: the random-weight models need no vocab file."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def build_random(name: str, seed: int = 0) -> tuple:
+    """The SD 1.x architecture with random weights from a fixed seed: `tiny` (small) or `sd15-random`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "tiny":
+            unet = UNet2DConditionModel(
+                sample_size=16,
+                block_out_channels=(32, 64, 64, 64),
+                layers_per_block=1,
+                cross_attention_dim=32,
+                attention_head_dim=4,
+                norm_num_groups=8,
+            )
+            vae = AutoencoderKL(
+                block_out_channels=(8, 16, 32, 32),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4,
+                layers_per_block=1,
+                norm_num_groups=8,
+                sample_size=128,
+            )
+            text = CLIPTextConfig(
+                vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                bos_token_id=512, eos_token_id=513, pad_token_id=513,
+            )
+        else:
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+            vae = AutoencoderKL(
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4,
+                layers_per_block=2,
+                sample_size=512,
+            )
+            text = CLIPTextConfig(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+            )
+        text_encoder = CLIPTextModel(text)
+    return unet, vae, text_encoder, byte_level_tokenizer(), DDIMScheduler(**SD15_SCHEDULER)
+
+
+def check_sd1(config: dict, where: str) -> None:
+    """Refuse UNets that are not Stable Diffusion 1.x: the method's feature layers assume it."""
+    width, channels = config.get("cross_attention_dim"), config.get("in_channels")
+    if tuple(config.get("up_block_types", ())) != SD1_UP_BLOCKS or channels != 4 or width != 768:
+        raise ModelError(
+            f"{where} is not a Stable Diffusion 1.x model (its UNet has cross-attention width "
+            f"{width} and {channels} input channels): use an SD 1.5 model"
+        )
+
+
+def _checkpoint_keys(path: str) -> dict:
+    """Tensor names and shapes of a .safetensors (from its header) or .ckpt file, without loading it all."""
+    if path.endswith(".safetensors"):
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise ModelError(f"{path} is not a safetensors file (it is too short)")
+            (size,) = struct.unpack("<Q", raw)
+            if size > 100_000_000:
+                raise ModelError(f"{path} is not a safetensors file (its header is malformed)")
+            try:
+                header = json.loads(f.read(size))
+            except ValueError:
+                raise ModelError(f"{path} is not a safetensors file (its header is malformed)") from None
+        return {k: v.get("shape") for k, v in header.items() if isinstance(v, dict)}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        raise ModelError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def check_sd1_checkpoint(path: str) -> None:
+    """Refuse a single-file checkpoint that is not SD 1.x, by its tensor names, before loading it."""
+    keys = _checkpoint_keys(path)
+    probe = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    shape = keys.get(probe)
+    if shape is None or list(shape)[-1] != 768:
+        kind = "SDXL" if any(k.startswith("conditioner.") for k in keys) else "not SD 1.x"
+        raise ModelError(f"{path} is {kind}: DragonDiffusion here needs a Stable Diffusion 1.x checkpoint")
+
+
+def _download(repo: str, variant: Optional[str]) -> str:
+    """Fetch the files the engine uses from the hub (progress bars from huggingface_hub), or say why not."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    patterns = [
+        "model_index.json", "scheduler/*", "tokenizer/*", "*/config.json",
+        f"unet/*{suffix}", f"vae/*{suffix}", f"text_encoder/*{suffix}",
+    ]
+    try:
+        return snapshot_download(repo, allow_patterns=patterns)
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"cannot download {repo}: this machine is offline and it is not in the cache; "
+            "use --model PATH (a diffusers folder or a .safetensors/.ckpt file) or --model tiny"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ModelError(f"cannot download {repo}: {str(exc).splitlines()[0]}; use --model PATH") from None
+    except OSError as exc:
+        raise ModelError(
+            f"cannot download {repo} ({exc.__class__.__name__}); check the network, "
+            "or use --model PATH or --model tiny"
+        ) from None
+
+
+def _from_folder(folder: str, dtype: torch.dtype, variant: Optional[str]) -> tuple:
+    if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
+        raise ModelError(f"{folder} is not a diffusers model folder (no unet/config.json)")
+    check_sd1(dict(UNet2DConditionModel.load_config(folder, subfolder="unet")), folder)
+    kw = dict(torch_dtype=dtype)
+    if variant and any(f.endswith(f".{variant}.safetensors") for f in os.listdir(os.path.join(folder, "unet"))):
+        kw["variant"] = variant
+    loaders = [
+        (UNet2DConditionModel, "unet", kw), (AutoencoderKL, "vae", kw), (CLIPTextModel, "text_encoder", kw),
+        (CLIPTokenizer, "tokenizer", {}), (DDIMScheduler, "scheduler", {}),
+    ]
+    parts = []
+    for cls, sub, extra in tqdm(loaders, desc="loading model", unit="part", leave=False):
+        parts.append(cls.from_pretrained(folder, subfolder=sub, **extra))
+    return tuple(parts)
+
+
+def _from_single_file(path: str, dtype: torch.dtype) -> tuple:
+    from diffusers import StableDiffusionPipeline
+
+    check_sd1_checkpoint(path)
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(path, torch_dtype=dtype, load_safety_checker=False)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot load {path}: the SD 1.5 configuration files could not be fetched "
+            f"({exc.__class__.__name__}); connect once so they are cached, or convert it to a diffusers folder"
+        ) from None
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **SD15_SCHEDULER)
+    return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler
+
+
+def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[str] = None) -> Components:
+    """Load a model once: `sd15` (hub, cached), a hub repo id, a diffusers folder, a .safetensors/.ckpt
+    file, `tiny` or `sd15-random` (random weights, no download)."""
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    variant = "fp16" if dt != torch.float32 else None
+    name = MODEL_ALIASES.get(model, model)
+    if name in RANDOM_MODELS:
+        parts = build_random(name)
+        area = 128 * 128 if name == "tiny" else 768 * 768
+    elif os.path.isdir(name):
+        parts = _from_folder(name, dt, variant)
+        area = 768 * 768
+    elif name.endswith((".safetensors", ".ckpt")) or os.path.sep in name and not os.path.exists(name):
+        if not os.path.isfile(name):
+            raise ModelError(f"checkpoint {name} does not exist: give the path of a .safetensors or .ckpt file")
+        parts = _from_single_file(name, dt)
+        area = 768 * 768
+    elif name.count("/") == 1:
+        log.info("loading %s (downloaded on first use, then cached)", name)
+        parts = _from_folder(_download(name, variant), dt, variant)
+        area = 768 * 768
+    else:
+        raise ModelError(
+            f"unknown model '{model}': use sd15, tiny, sd15-random, a hub id like owner/name, "
+            "a diffusers folder or a .safetensors/.ckpt file"
+        )
+    unet, vae, text_encoder, tokenizer, scheduler = parts
+    for module in (unet, vae, text_encoder):
+        module.to(device=dev).eval().requires_grad_(False)
+        if module.dtype != dt:
+            module.to(dtype=dt)
+    if name not in RANDOM_MODELS:
+        check_sd1(dict(unet.config), name)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area)

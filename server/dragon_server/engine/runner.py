@@ -1,0 +1,65 @@
+"""The loaded model as the method uses it: one UNet (full or early-exit passes, counted), the prompt
+encoder and the VAE."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dragon_server.engine.attention import CrossBranchAttention
+from dragon_server.engine.models import Components
+from dragon_server.engine.unet import decoder_features, unet_forward
+
+
+class Runner:
+    """Runs the model's parts and counts UNet passes by kind (`forward`, `features`, `backward`), in
+    samples: a classifier-free-guidance pass of batch 2 counts as two."""
+
+    def __init__(self, components: Components):
+        self.c = components
+        self.attention = CrossBranchAttention(components.unet)
+        self.counts: Counter = Counter()
+        self._texts: Dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def text(self, prompt: str) -> torch.Tensor:
+        """CLIP embedding (1, 77, width) of `prompt`; the last few are kept."""
+        if prompt not in self._texts:
+            tok = self.c.tokenizer
+            ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(self.c.device)
+            if len(self._texts) >= 8:
+                self._texts.pop(next(iter(self._texts)))
+            self._texts[prompt] = self.c.text_encoder(ids)[0]
+        return self._texts[prompt]
+
+    @torch.no_grad()
+    def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Predicted noise (no gradient)."""
+        self.counts["forward"] += z.shape[0]
+        return unet_forward(self.c.unet, z, t, text)
+
+    def features(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> List[torch.Tensor]:
+        """Guidance features by an early-exit pass; differentiable when grad is enabled."""
+        self.counts["features"] += z.shape[0]
+        return decoder_features(self.c.unet, z, t, text)
+
+    @torch.no_grad()
+    def encode(self, image: Image.Image) -> torch.Tensor:
+        """The VAE latent (scaled) of an RGB image whose sides are multiples of 8."""
+        arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        vae = self.c.vae
+        latent = vae.encode(arr.to(self.c.device, vae.dtype)).latent_dist.mean
+        return latent * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> Image.Image:
+        """The RGB image of a latent."""
+        vae = self.c.vae
+        x = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor).sample
+        x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+        return Image.fromarray(x.cpu().numpy(), "RGB")

@@ -1,0 +1,72 @@
+"""The denoising loop of the generation branch: DDIM from the edit's z_T, with classifier-free
+guidance when there is a prompt, cross-branch self-attention, energy guidance added to the predicted
+noise, regional SDE and time travel, on the schedule of the method's settings."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from dragon_server.engine import ddim
+from dragon_server.engine.ddim import Timeline
+from dragon_server.engine.regions import Guide
+from dragon_server.engine.runner import Runner
+from dragon_server.engine.settings import MethodSettings, Schedule
+
+StepDone = Callable[[int, int, torch.Tensor], None]
+"""Called after each step with (done, total, current clean-latent estimate)."""
+
+
+def predict_noise(runner: Runner, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                  uncond: Optional[torch.Tensor], cfg_scale: float) -> torch.Tensor:
+    """Predicted noise, with classifier-free guidance when an unconditional embedding is given."""
+    if uncond is None:
+        return runner.noise(z, t, text)
+    eps_uncond, eps_text = runner.noise(torch.cat([z, z]), t, torch.cat([uncond, text])).chunk(2)
+    return eps_uncond + cfg_scale * (eps_text - eps_uncond)
+
+
+def energy_gradient(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                    step: int) -> torch.Tensor:
+    """d(energy)/d(z): the edit energy's gradient inside the edit region, the content energy's outside."""
+    with torch.enable_grad():
+        x = z.detach().requires_grad_(True)
+        edit, content = guide.energy(runner.features(x, t, text), step)
+        (grad_edit,) = torch.autograd.grad(edit, x, retain_graph=True)
+        (grad_content,) = torch.autograd.grad(content, x)
+    runner.counts["backward"] += 2
+    region = guide.edit_region
+    return grad_edit * region + grad_content * (1 - region)
+
+
+def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule, settings: MethodSettings,
+           text: torch.Tensor, uncond: Optional[torch.Tensor], strength: float,
+           generator: torch.Generator, step_done: StepDone) -> torch.Tensor:
+    """The edited clean latent. `uncond` is None when the prompt is empty (both branches would match)."""
+    z = guide.start
+    gain = settings.step_size * settings.energy_scale * strength
+    eta_map = settings.sde_eta * guide.edit_region
+    for i in range(len(timeline)):
+        t = timeline.timesteps[i]
+        a, a_next = timeline.alphas[i], timeline.alphas_next[i]
+        repeats = settings.time_travel_repeats if i in schedule.time_travel else 1
+        for r in range(repeats):
+            if r:
+                # Time travel: back up to step i's noise level by one inversion step, then denoise again.
+                z = ddim.invert_step(z, runner.noise(z, t, text), a_next, a)
+            with guide.attend(i):
+                eps = predict_noise(runner, z, t, text, uncond, settings.cfg_scale)
+            eps_x0 = eps
+            if i in schedule.guided and gain:
+                eps_x0 = eps + gain * energy_gradient(runner, guide, z, t, text, i)
+            if i in schedule.sde:
+                noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+                z_next = ddim.step(z, eps_x0, eps, a, a_next, eta_map, noise)
+            else:
+                z_next = ddim.step(z, eps_x0, eps, a, a_next)
+            if r + 1 < repeats:
+                z = z_next
+        step_done(i + 1, len(timeline), ddim.predict_x0(z, eps_x0, a))
+        z = z_next
+    return z

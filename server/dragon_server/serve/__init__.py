@@ -1,0 +1,1 @@
+"""The persistent inference server (`dragon serve`) and its client side, over ZeroMQ."""

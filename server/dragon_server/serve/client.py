@@ -1,0 +1,142 @@
+"""`dragon edit --server`: one edit run by a remote server, returned as the engine's EditResult."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable, Optional
+
+from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Ping, Pong, Progress, Result
+from PIL import Image
+
+from dragon_server.engine.request import (
+    EditCancelled,
+    EditError,
+    EditRequest,
+    EditResult,
+    InputError,
+    Mode,
+    ModelError,
+    ProgressEvent,
+)
+from dragon_server.engine.validate import to_rgb
+from dragon_server.serve.images import PNG_MODES, image_to_png, png_to_image
+from dragon_server.serve.link import LinkError, ServerLink, no_answer
+
+PING_INTERVAL = 2.0
+CANCEL_WAIT = 10.0
+_ERRORS = {InputError.code: InputError, ModelError.code: ModelError}
+
+
+def run_remote_edit(
+    request: EditRequest,
+    server: str,
+    server_key: Optional[str] = None,
+    client_key: Optional[str] = None,
+    progress: Optional[Callable[[ProgressEvent], None]] = None,
+    timeout: float = 30.0,
+) -> EditResult:
+    """Run `request` on the server at `server` and return the same EditResult the engine would.
+
+    `progress` gets the server's progress events. The server is pinged while the edit waits or runs;
+    `timeout` seconds with no answer at all raise EditError (code "unreachable"). Ctrl-C sends
+    `cancel`, waits briefly for the server to confirm, then raises KeyboardInterrupt. Errors the
+    server reports are raised as InputError, ModelError, EditCancelled or EditError with its code.
+    """
+    edit = edit_message(request, uuid.uuid4().hex)
+    try:
+        with ServerLink(server, server_key, client_key) as link:
+            link.send(edit)
+            try:
+                return _follow(link, request, edit.id, progress, timeout)
+            except KeyboardInterrupt:
+                link.send(Cancel(id=edit.id))
+                try:
+                    _follow(link, request, edit.id, None, CANCEL_WAIT, give_up=time.monotonic() + CANCEL_WAIT)
+                except EditError:  # the expected `cancelled`, or the server is gone: stop either way
+                    pass
+                raise
+    except LinkError as error:
+        raise EditError(str(error), code=error.code) from None
+
+
+def _follow(
+    link: ServerLink,
+    request: EditRequest,
+    request_id: str,
+    progress: Optional[Callable[[ProgressEvent], None]],
+    timeout: float,
+    give_up: float = float("inf"),
+) -> Optional[EditResult]:
+    """Read the server's messages about `request_id` until its terminal one (or `give_up`)."""
+    heard = time.monotonic()
+    while time.monotonic() < give_up:
+        message = link.receive(PING_INTERVAL)
+        now = time.monotonic()
+        if message is None:
+            if now - heard > timeout:
+                raise EditError(no_answer(link.server, timeout), code="unreachable")
+            link.send(Ping())
+            continue
+        heard = now
+        if isinstance(message, (Pong, Accepted)) or getattr(message, "id", request_id) != request_id:
+            continue
+        if isinstance(message, Progress):
+            if progress is not None:
+                progress(ProgressEvent(message.stage, message.step, message.total))
+        elif isinstance(message, Result):
+            return edit_result(request, message)
+        elif isinstance(message, Cancelled):
+            raise EditCancelled(f"the server cancelled the edit ({message.reason})")
+        elif isinstance(message, Error):
+            raise _ERRORS.get(message.code, EditError)(message.message, code=message.code)
+    return None
+
+
+def edit_message(request: EditRequest, request_id: str) -> Edit:
+    """The `edit` message for an engine request: images as lossless PNG in their own pixel format."""
+
+    def png(image: Optional[Image.Image]) -> Optional[bytes]:
+        if image is None:
+            return None
+        if image.mode == "F":
+            raise InputError("the image has floating-point pixels: save it as an 8- or 16-bit image")
+        if image.mode not in PNG_MODES:
+            image = image.convert("RGBA" if "A" in image.mode else "RGB")
+        return image_to_png(image, compress_level=1)
+
+    return Edit(
+        id=request_id,
+        mode=Mode(request.mode).value,
+        image=png(request.image),
+        mask=png(request.mask),
+        arrows=[tuple(float(v) for v in arrow) for arrow in request.arrows],
+        reference=png(request.reference),
+        reference_mask=png(request.reference_mask),
+        prompt=request.prompt,
+        steps=request.steps,
+        seed=request.seed,
+        strength=request.strength,
+        scale=request.scale,
+        context=request.context,
+        working_area=request.working_area,
+        guidance_scale=request.guidance_scale,
+    )
+
+
+def edit_result(request: EditRequest, message: Result) -> EditResult:
+    """The full-size EditResult: the input (as the engine sees it) with the returned region pasted in."""
+    x, y, w, h = message.box
+    image = to_rgb(request.image, "image").copy()
+    mask = Image.new("L", image.size, 0)
+    if message.image is not None and message.mask is not None:
+        image.paste(png_to_image(message.image, "result.image", "RGB"), (x, y))
+        mask.paste(png_to_image(message.mask, "result.mask", "L"), (x, y))
+    return EditResult(
+        image=image,
+        mask=mask,
+        box=(x, y, w, h),
+        timings=dict(message.timings),
+        unet_evaluations=dict(message.unet_evaluations),
+        working_size=tuple(message.working_size),
+    )

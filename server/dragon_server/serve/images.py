@@ -1,0 +1,36 @@
+"""PNG bytes to PIL images and back, for the wire."""
+
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+from dragon_protocol.errors import BAD_IMAGE, ProtocolError
+from dragon_protocol.png import check_png
+from PIL import Image
+
+
+def png_to_image(data: bytes, field: str, mode: Optional[str] = None) -> Image.Image:
+    """Decode PNG `data` (size limits checked from its header first), converted to `mode` if given.
+
+    The server leaves the mode as decoded, so the engine applies its own conversions exactly as it
+    does for an in-process edit.
+    """
+    check_png(data, field)
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            return image if mode is None else image.convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ProtocolError(BAD_IMAGE, f"{field}: the PNG cannot be decoded ({error})") from None
+
+
+def image_to_png(image: Image.Image, compress_level: int = 6) -> bytes:
+    """Encode `image` as PNG; level 1 is for previews that must be fast, 6 for results that must be small."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
+"""PIL modes that PNG stores without loss."""

@@ -1,0 +1,343 @@
+"""The socket loop of `dragon serve`: a ROUTER socket in front, the worker thread behind a queue.
+
+The loop only decodes, checks, answers and routes; it never waits on the model. The worker's
+messages arrive on a thread-safe queue, and a byte on an inproc PAIR socket wakes the loop up.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import zmq
+from dragon_protocol import (
+    Accepted,
+    Cancel,
+    Cancelled,
+    Edit,
+    Error,
+    Fetch,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    Welcome,
+    decode,
+    encode,
+    limits,
+)
+from dragon_protocol.errors import (
+    BAD_MESSAGE,
+    DUPLICATE_ID,
+    MODEL_UNAVAILABLE,
+    QUEUE_FULL,
+    SHUTTING_DOWN,
+    UNKNOWN_REQUEST,
+)
+
+from dragon_server import __version__
+from dragon_server.serve import keys
+from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
+from dragon_server.serve.store import ResultStore
+from dragon_server.serve.worker import Worker, WorkerEvent
+
+log = logging.getLogger("dragon.server")
+
+CLIENT_MESSAGES = (Hello.type, Edit.type, Cancel.type, Fetch.type, Ping.type)
+HEARTBEAT_MS = 2000
+SHUTDOWN_WAIT_S = 30.0
+_WAKE_ENDPOINT = "inproc://dragon-worker-wake"
+
+
+@dataclass
+class ServerConfig:
+    """Everything `dragon serve` was asked for."""
+
+    binds: List[str]
+    model: str = "sd15"
+    device: str = "auto"
+    queue_size: int = 8
+    keep_seconds: float = 3600.0
+    keep_bytes: int = 512 * 1024 * 1024
+    secret_key: Optional[str] = None
+    """Server key pair (.key_secret file or a folder with server.key_secret); None: no CURVE."""
+    allowed_clients: Optional[str] = None
+    """Folder of allowed client public keys (*.key), used with secret_key."""
+
+
+@dataclass
+class _EngineInfo:
+    state: str = "loading"
+    model: str = ""
+    device: str = ""
+    dtype: str = ""
+
+
+@dataclass
+class Server:
+    """Binds, starts the worker, serves until a signal or a model failure; `run` returns the exit code."""
+
+    config: ServerConfig
+    jobs: JobQueue = field(init=False)
+    active: Dict[JobKey, Job] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.jobs = JobQueue(self.config.queue_size)
+        self.store = ResultStore(self.config.keep_seconds, self.config.keep_bytes)
+        self.info = _EngineInfo(model=self.config.model)
+        self.events: queue.Queue[WorkerEvent] = queue.Queue()
+        self.stop_signal: Optional[int] = None
+        self.exit_code = 0
+        self.context = zmq.Context()
+        self.auth = None
+        self.front = self.context.socket(zmq.ROUTER)
+        self.wake_in = self.context.socket(zmq.PAIR)
+        self.curve = self.config.secret_key is not None
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Set up security and limits on the front socket and bind every endpoint (raises ZMQError)."""
+        front = self.front
+        if self.curve:
+            self.auth = keys.start_authenticator(self.context, self.config.allowed_clients)
+            keys.secure_server_socket(front, self.config.secret_key)
+        front.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_BYTES)
+        front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        front.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+        front.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 5)
+        front.setsockopt(zmq.LINGER, 1000)
+        for endpoint in self.config.binds:
+            front.bind(endpoint)
+            log.info("listening on %s%s", endpoint, " (CURVE)" if self.curve else "")
+        self.wake_in.bind(_WAKE_ENDPOINT)
+
+    def _post(self, event: WorkerEvent) -> None:
+        """Worker side: hand an event to the loop and wake it (one PAIR socket per posting thread)."""
+        self.events.put(event)
+        self._wake_out.send(b"", zmq.NOBLOCK)
+
+    def run(self) -> int:
+        """Serve until stopped; return the process exit code."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._wake_out = self.context.socket(zmq.PAIR)
+        self._wake_out.connect(_WAKE_ENDPOINT)
+        self.worker = Worker(self.config.model, self.config.device, self.jobs, self._post)
+        self.worker.start()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.exit_code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.wake_in, zmq.POLLIN)
+        while self.stop_signal is None and self.info.state != "failed":
+            ready = dict(poller.poll(250))
+            if self.wake_in in ready:
+                self._drain_events()
+            if self.front in ready:
+                for _ in range(100):
+                    try:
+                        frames = self.front.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._receive(frames)
+            self.store.expire()
+        if self.stop_signal is not None:
+            log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                self.wake_in.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._on_event(event)
+
+    def _on_event(self, event: WorkerEvent) -> None:
+        job = event.job
+        if event.kind == "ready":
+            engine = self.worker.engine
+            self.info = _EngineInfo("ready", engine.model_name, str(engine.device), str(engine.dtype))
+        elif event.kind == "load_failed":
+            log.error("cannot load model %s: %s", self.config.model, event.detail)
+            self.info.state = "failed"
+            self.exit_code = 1
+        elif event.kind == "progress":
+            self._send(job.route, event.payload)
+        elif event.kind == "done":
+            self._finish(job, event.payload)
+            log.info(
+                "request %s: %s after %.1f s", job.edit.id, event.detail, time.monotonic() - job.received
+            )
+
+    def _finish(self, job: Job, payload: bytes) -> None:
+        """Keep and send `job`'s terminal message; the job is no longer active."""
+        self.active.pop(job.key, None)
+        self.store.put(job.key, payload)
+        self._send(job.route, payload)
+
+    def _send(self, route: bytes, payload: bytes) -> None:
+        try:
+            self.front.send_multipart([route, payload], zmq.NOBLOCK)
+        except zmq.ZMQError as error:  # peer gone or not reading: its result stays in the store
+            log.debug("cannot send to %s: %s", route.hex(), error)
+
+    def _reply(self, route: bytes, message: Message) -> None:
+        self._send(route, encode(message))
+
+    # -- client messages --------------------------------------------------------------------------
+
+    def _receive(self, frames: List[zmq.Frame]) -> None:
+        route = frames[0].bytes
+        peer = _peer(frames[-1])
+        if len(frames) != 2:
+            self._reply(route, Error(id=None, code=BAD_MESSAGE, message="send each message as one frame"))
+            return
+        owner = frames[1].get("User-Id") if self.curve else ""
+        try:
+            message = decode(frames[1].bytes, accept=CLIENT_MESSAGES)
+        except ProtocolError as error:
+            log.warning("bad message from %s: %s: %s", peer, error.code, error)
+            self._reply(route, Error(id=error.request_id, code=error.code, message=str(error)))
+            return
+        if isinstance(message, Hello):
+            self._reply(route, self._welcome())
+        elif isinstance(message, Ping):
+            waiting, running = self.jobs.counts()
+            self._reply(route, Pong(nonce=message.nonce, queued=waiting, running=running))
+        elif isinstance(message, Edit):
+            self._on_edit(message, owner, route, peer)
+        elif isinstance(message, Cancel):
+            self._on_cancel(message, owner, route)
+        elif isinstance(message, Fetch):
+            self._on_fetch(message, owner, route)
+
+    def _welcome(self) -> Welcome:
+        waiting, running = self.jobs.counts()
+        return Welcome(
+            protocol=limits.PROTOCOL_VERSION,
+            server=f"dragon {__version__}",
+            state=self.info.state,
+            model=self.info.model,
+            device=self.info.device,
+            dtype=self.info.dtype,
+            modes=list(limits.MODES),
+            image_formats=["png"],
+            limits=limits.as_dict(),
+            queued=waiting,
+            running=running,
+            queue_capacity=self.jobs.capacity,
+        )
+
+    def _on_edit(self, edit: Edit, owner: str, route: bytes, peer: str) -> None:
+        def refuse(code: str, text: str) -> None:
+            log.warning("request %s from %s refused: %s", edit.id, peer, text)
+            self._reply(route, Error(id=edit.id, code=code, message=text))
+
+        key = (owner, edit.id)
+        if key in self.active:
+            return refuse(DUPLICATE_ID, f"request {edit.id} is queued or running already")
+        job = Job(edit=edit, owner=owner, route=route, peer=peer)
+        try:
+            position = self.jobs.put(job)
+        except QueueFull:
+            return refuse(QUEUE_FULL, f"the queue is full ({self.jobs.capacity} waiting); try again later")
+        self.store.discard(key)
+        self.active[key] = job
+        log.info(
+            "request %s from %s: %s, %d arrows, %d steps, %d KiB; %d ahead",
+            edit.id, peer, edit.mode, len(edit.arrows), edit.steps, len(edit.image) // 1024, position,
+        )
+        self._reply(route, Accepted(id=edit.id, position=position))
+
+    def _on_cancel(self, cancel: Cancel, owner: str, route: bytes) -> None:
+        job = self.active.get((owner, cancel.id))
+        if job is None:
+            text = f"no request {cancel.id} to cancel"
+            self._reply(route, Error(id=cancel.id, code=UNKNOWN_REQUEST, message=text))
+            return
+        job.route = route
+        if self.jobs.remove(job):
+            log.info("request %s: cancelled while queued", cancel.id)
+            self._finish(job, encode(Cancelled(id=cancel.id, reason="client")))
+        else:
+            log.info("request %s: cancelling", cancel.id)
+            job.cancel("client")
+
+    def _on_fetch(self, fetch: Fetch, owner: str, route: bytes) -> None:
+        key = (owner, fetch.id)
+        job = self.active.get(key)
+        if job is not None:
+            job.route = route
+            self._reply(route, Accepted(id=fetch.id, position=self.jobs.position(job)))
+            return
+        kept = self.store.get(key)
+        if kept is None:
+            text = f"no request {fetch.id} is queued, running or kept"
+            self._reply(route, Error(id=fetch.id, code=UNKNOWN_REQUEST, message=text))
+        else:
+            self._send(route, kept)
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Cancel waiting and running work, tell its clients, wait for the worker, close the sockets."""
+        self.info.state = "stopping"
+        reason = "shutdown"
+        for job in self.jobs.close():
+            self._finish(job, encode(Cancelled(id=job.edit.id, reason=reason)))
+        running = self.jobs.running
+        if running is not None:
+            running.cancel(reason)
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        while self.worker.is_alive() and self.info.state != "failed" and time.monotonic() < deadline:
+            self.worker.join(0.1)
+            self._drain_events()
+        self._drain_events()
+        for job in list(self.active.values()):  # still running after the wait, or never started
+            message = "the server stopped" if self.info.state != "failed" else "the model could not be loaded"
+            code = SHUTTING_DOWN if self.info.state != "failed" else MODEL_UNAVAILABLE
+            self._finish(job, encode(Error(id=job.edit.id, code=code, message=message)))
+        self._wake_out.close(0)
+        self.close()
+        log.info("stopped")
+
+    def close(self) -> None:
+        """Close the sockets (waiting up to LINGER for replies to leave) and stop the authenticator."""
+        self.wake_in.close(0)
+        self.front.close()
+        if self.auth is not None:
+            self.auth.stop()
+        self.context.term()
+
+
+def _peer(frame: zmq.Frame) -> str:
+    """The client's address, for the log."""
+    try:
+        return frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return "?"

@@ -1,0 +1,186 @@
+"""The one thread that holds the model: loads it, then runs queued edits one at a time.
+
+It never touches the client socket: everything it has to say goes through `post` as a WorkerEvent,
+which the socket loop picks up (see server.py), so pings and cancels never wait on the accelerator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from dragon_protocol import Cancelled, Edit, Error, Progress, ProtocolError, Result, encode
+from dragon_protocol.errors import INTERNAL_ERROR, OUT_OF_MEMORY
+
+from dragon_server.engine import (
+    EditCancelled,
+    EditError,
+    EditRequest,
+    EditResult,
+    Engine,
+    Mode,
+    ProgressEvent,
+)
+from dragon_server.serve.images import image_to_png, png_to_image
+from dragon_server.serve.jobs import Job, JobQueue
+
+log = logging.getLogger("dragon.worker")
+
+
+@dataclass
+class WorkerEvent:
+    """Something the socket loop must act on: kind is ready, load_failed, progress or done."""
+
+    kind: str
+    job: Optional[Job] = None
+    payload: bytes = b""
+    detail: str = ""
+
+
+class Worker(threading.Thread):
+    """Loads the engine, then takes jobs from `jobs` until the queue is closed."""
+
+    def __init__(self, model: str, device: str, jobs: JobQueue, post: Callable[[WorkerEvent], None]):
+        super().__init__(name="dragon-worker", daemon=True)
+        self.model = model
+        self.device = device
+        self.jobs = jobs
+        self.post = post
+        self.engine: Optional[Engine] = None
+
+    def run(self) -> None:
+        log.info("loading model %s on device %s ...", self.model, self.device)
+        started = time.monotonic()
+        try:
+            self.engine = Engine.load(model=self.model, device=self.device)
+        except Exception as error:  # any failure to load ends the server with its one-line reason
+            self.post(WorkerEvent("load_failed", detail=_one_line(error)))
+            return
+        log.info(
+            "model %s ready on %s (%s) in %.1f s",
+            self.engine.model_name, self.engine.device, self.engine.dtype, time.monotonic() - started,
+        )
+        self.post(WorkerEvent("ready"))
+        while True:
+            job = self.jobs.take()
+            if job is None:
+                return
+            try:
+                payload, outcome = self._run(job)
+            finally:
+                self.jobs.finished()
+            self.post(WorkerEvent("done", job, payload, outcome))
+
+    def _run(self, job: Job) -> tuple[bytes, str]:
+        """Run one job; return its encoded terminal message and a word for the log."""
+        edit = job.edit
+        waited = time.monotonic() - job.received
+        try:
+            request = to_engine_request(edit)
+            log.info(
+                "request %s: running %s on %dx%d, %d arrows, %d steps",
+                edit.id, edit.mode, request.image.width, request.image.height, len(edit.arrows), edit.steps,
+            )
+            result = self.engine.edit(request, progress=self._progress(job), cancel=job.cancel_event.is_set)
+            return encode(result_message(edit.id, result, waited)), "result"
+        except EditCancelled:
+            return encode(Cancelled(id=edit.id, reason=job.cancel_reason)), "cancelled"
+        except (ProtocolError, EditError) as error:
+            return encode(Error(id=edit.id, code=error.code, message=_one_line(error))), error.code
+        except torch.cuda.OutOfMemoryError:
+            return self._out_of_memory(edit), OUT_OF_MEMORY
+        except RuntimeError as error:
+            if "out of memory" in str(error):
+                return self._out_of_memory(edit), OUT_OF_MEMORY
+            log.exception("request %s failed unexpectedly", edit.id)
+            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+        except Exception as error:  # a bug must fail this request only, never the server
+            log.exception("request %s failed unexpectedly", edit.id)
+            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+
+    def _out_of_memory(self, edit: Edit) -> bytes:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        message = "out of accelerator memory for this edit; use a smaller working area or fewer steps"
+        return encode(Error(id=edit.id, code=OUT_OF_MEMORY, message=message))
+
+    def _progress(self, job: Job) -> Callable[[ProgressEvent], None]:
+        """The engine's progress callback for `job`: posts progress, with previews at the asked rate."""
+        edit = job.edit
+        last_preview = [float("-inf")]
+
+        def report(event: ProgressEvent) -> None:
+            preview = None
+            now = time.monotonic()
+            if edit.preview_interval > 0 and event.preview is not None:
+                if now - last_preview[0] >= edit.preview_interval:
+                    last_preview[0] = now
+                    preview = _preview_png(event, edit.preview_size)
+            message = Progress(edit.id, event.stage, event.step, event.total, preview)
+            self.post(WorkerEvent("progress", job, encode(message)))
+
+        return report
+
+
+def _preview_png(event: ProgressEvent, size: int) -> Optional[bytes]:
+    try:
+        image = event.preview()
+        image.thumbnail((size, size))
+        return image_to_png(image, compress_level=1)
+    except Exception:  # a preview is a courtesy: the edit goes on without it
+        log.warning("preview failed", exc_info=True)
+        return None
+
+
+def to_engine_request(edit: Edit) -> EditRequest:
+    """The engine's request for a checked `edit` message, its PNGs decoded as they are."""
+
+    def optional(data: Optional[bytes], field: str):
+        return None if data is None else png_to_image(data, field)
+
+    return EditRequest(
+        mode=Mode(edit.mode),
+        image=png_to_image(edit.image, "edit.image"),
+        mask=optional(edit.mask, "edit.mask"),
+        arrows=[tuple(arrow) for arrow in edit.arrows],
+        scale=edit.scale,
+        reference=optional(edit.reference, "edit.reference"),
+        reference_mask=optional(edit.reference_mask, "edit.reference_mask"),
+        prompt=edit.prompt,
+        steps=edit.steps,
+        seed=edit.seed,
+        strength=edit.strength,
+        working_area=edit.working_area,
+        context=edit.context,
+        guidance_scale=edit.guidance_scale,
+    )
+
+
+def result_message(request_id: str, result: EditResult, waited: float) -> Result:
+    """The `result` message for an engine result: the changed region and its blend mask as PNGs."""
+    x, y, w, h = (int(v) for v in result.box)
+    image = mask = None
+    if w > 0 and h > 0:
+        image = image_to_png(result.image.crop((x, y, x + w, y + h)))
+        mask = image_to_png(result.mask.crop((x, y, x + w, y + h)))
+    timings = {name: float(seconds) for name, seconds in result.timings.items()}
+    timings["queue"] = waited
+    return Result(
+        id=request_id,
+        image=image,
+        mask=mask,
+        box=(x, y, w, h),
+        size=result.image.size,
+        working_size=tuple(int(v) for v in result.working_size),
+        timings=timings,
+        unet_evaluations={name: int(n) for name, n in result.unet_evaluations.items()},
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:500]
