@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "dragon_server.commands.serve",
     "dragon_server.commands.keys",
     "dragon_server.commands.status",
+    "dragon_server.commands.install_plugin",
 )
 
 
