@@ -5,10 +5,10 @@ from __future__ import annotations
 PROTOCOL_VERSION = 1
 """The version this package speaks; every message carries it as `v`."""
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """Largest message, either direction. The server sets it on its socket; bigger ones drop the link."""
 
-MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_PIXELS = 64_000_000
 """Largest width * height of any image in an `edit`, read from the PNG header before decoding."""
 
 MAX_IMAGE_SIDE = 16384
@@ -24,13 +24,15 @@ MAX_COORDINATE = 65536.0
 
 MODES = ("move", "drag", "appearance", "paste")
 
-STEPS_RANGE = (1, 200)
-SEED_RANGE = (0, 2**32 - 1)
-STRENGTH_RANGE = (0.0, 10.0)
-SCALE_RANGE = (0.1, 10.0)
-CONTEXT_RANGE = (0.0, 2.0)
+STEPS_RANGE = (2, 500)
+SEED_RANGE = (0, 2**63 - 1)
+STRENGTH_RANGE = (0.0, 100.0)
+SCALE_RANGE = (0.0, 8.0)
+"""Scale must also be above 0; the engine refuses 0 itself (error bad_input)."""
+CONTEXT_RANGE = (0.0, 4.0)
 WORKING_AREA_RANGE = (64 * 64, 2048 * 2048)
-GUIDANCE_SCALE_RANGE = (0.0, 30.0)
+MAX_SETTINGS = 64
+"""Most entries in an edit's `settings` map (method overrides by name)."""
 PREVIEW_INTERVAL_RANGE = (0.0, 3600.0)
 """Seconds between preview images; 0 asks for none."""
 PREVIEW_SIZE_RANGE = (16, 1024)
@@ -52,7 +54,7 @@ def as_dict() -> dict:
         "scale": list(SCALE_RANGE),
         "context": list(CONTEXT_RANGE),
         "working_area": list(WORKING_AREA_RANGE),
-        "guidance_scale": list(GUIDANCE_SCALE_RANGE),
+        "max_settings": MAX_SETTINGS,
         "preview_interval": list(PREVIEW_INTERVAL_RANGE),
         "preview_size": list(PREVIEW_SIZE_RANGE),
     }

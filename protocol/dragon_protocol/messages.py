@@ -120,13 +120,17 @@ class _Reader:
             raise self.fail(name, "must be an array of strings")
         return value
 
-    def mapping(self, name: str, value_types: Tuple[type, ...]) -> Dict[str, Any]:
+    def mapping(self, name: str, value_types: Tuple[type, ...], max_items: int = 1000) -> Dict[str, Any]:
         value = self._get(name, {})
         if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, value_types) and not isinstance(v, bool)
+            isinstance(k, str) and len(k) <= limits.MAX_ID_LENGTH
+            and isinstance(v, value_types) and not isinstance(v, bool)
+            and (not isinstance(v, float) or math.isfinite(v))
             for k, v in value.items()
         ):
-            raise self.fail(name, "must be a map from strings to numbers")
+            raise self.fail(name, "must be a map from names to finite numbers")
+        if len(value) > max_items:
+            raise self.fail(name, f"has more than {max_items} entries")
         return value
 
 
@@ -215,7 +219,7 @@ class Edit(Message):
     scale: float = 1.0
     context: float = 0.25
     working_area: Optional[int] = None
-    guidance_scale: Optional[float] = None
+    settings: Dict[str, float] = field(default_factory=dict)
     preview_interval: float = 0.0
     preview_size: int = 256
 
@@ -259,7 +263,7 @@ class Edit(Message):
             scale=r.number("scale", limits.SCALE_RANGE, 1.0),
             context=r.number("context", limits.CONTEXT_RANGE, 0.25),
             working_area=r.integer("working_area", limits.WORKING_AREA_RANGE, None),
-            guidance_scale=r.number("guidance_scale", limits.GUIDANCE_SCALE_RANGE, None),
+            settings=r.mapping("settings", (int, float), limits.MAX_SETTINGS),
             preview_interval=r.number("preview_interval", limits.PREVIEW_INTERVAL_RANGE, 0.0),
             preview_size=r.integer("preview_size", limits.PREVIEW_SIZE_RANGE, 256),
         )

@@ -120,7 +120,7 @@ def edit_message(request: EditRequest, request_id: str) -> Edit:
         scale=request.scale,
         context=request.context,
         working_area=request.working_area,
-        guidance_scale=request.guidance_scale,
+        settings=dict(request.settings),
     )
 
 

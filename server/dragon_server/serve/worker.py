@@ -156,7 +156,7 @@ def to_engine_request(edit: Edit) -> EditRequest:
         strength=edit.strength,
         working_area=edit.working_area,
         context=edit.context,
-        guidance_scale=edit.guidance_scale,
+        settings=dict(edit.settings),
     )
 
 
