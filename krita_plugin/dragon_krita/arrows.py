@@ -27,6 +27,7 @@ MIN_ARROW_PIXELS = 1.0
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _PATH_TOKEN = re.compile(r"([MmLlHhVvCcSsQqTtAaZz])|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+_PREFIX = re.compile(r"[<\s/]([A-Za-z_][\w.-]*):[A-Za-z_]")
 _TRANSFORM = re.compile(r"(matrix|translate|scale|rotate|skewX|skewY)\s*\(([^)]*)\)")
 _ARGS_PER_COMMAND = {"M": 2, "L": 2, "H": 1, "V": 1, "C": 6, "S": 4, "Q": 4, "T": 2, "A": 7, "Z": 0}
 
@@ -226,11 +227,11 @@ def arrows_from_svg(
             continue
         if text.startswith("<?xml"):
             text = text.split("?>", 1)[1]
+        # Krita writes krita:/sodipodi: attributes without declaring them; any namespace will do.
+        prefixes = sorted(set(_PREFIX.findall(text)) - {"xmlns", "xml"})
+        declared = "".join(f' xmlns:{prefix}="urn:dragon-krita:{prefix}"' for prefix in prefixes)
         try:
-            root = ET.fromstring(
-                f'<wrapper xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">'
-                f"{text}</wrapper>"
-            )
+            root = ET.fromstring(f'<wrapper xmlns="http://www.w3.org/2000/svg"{declared}>{text}</wrapper>')
         except ET.ParseError as exc:
             raise PluginError("bad_guide_svg", detail=str(exc)) from None
         for arrow in _walk(root, to_pixels, {}):
@@ -240,12 +241,14 @@ def arrows_from_svg(
     return arrows
 
 
-def arrow_svg(arrow: Arrow, x_res: float = 72.0, y_res: float = 72.0) -> str:
-    """An SVG document drawing `arrow` (pixels) as a path with an end arrowhead, for the guide layer."""
+def arrow_svg(arrow: Arrow) -> str:
+    """An SVG document drawing `arrow` as a line, for `VectorLayer.addShapesFromSvg`.
+
+    Krita reads the user units of added SVG as document pixels (and writes shapes back in points), so
+    the coordinates here are the arrow's pixels as they are.
+    """
     x0, y0, x1, y1 = arrow
-    sx, sy = 72.0 / x_res, 72.0 / y_res
     return (
         '<svg xmlns="http://www.w3.org/2000/svg">'
-        f'<path d="M{x0 * sx:.4f} {y0 * sy:.4f} L{x1 * sx:.4f} {y1 * sy:.4f}" fill="none" '
-        'stroke="#ff2a2a" stroke-width="2"/></svg>'
+        f'<path d="M{x0:.4f} {y0:.4f} L{x1:.4f} {y1:.4f}" fill="none" stroke="#ff2a2a" stroke-width="2"/></svg>'
     )

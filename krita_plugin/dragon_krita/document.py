@@ -101,12 +101,25 @@ def find_layer(document: Any, name: str, kind: str = "") -> Any:
     return None
 
 
+def keep_active(document: Any, node: Any) -> None:
+    """Make `node` the active layer again, now and after Krita's deferred switch to a new node."""
+    if node is None:
+        return
+    document.setActiveNode(node)
+    QTimer.singleShot(0, lambda: document.setActiveNode(node))
+
+
 def guide_layer(document: Any, create: bool = False) -> Any:
-    """The "Drag guides" vector layer; made on top of the layer stack when `create` and missing."""
+    """The "Drag guides" vector layer; made on top of the layer stack when `create` and missing.
+
+    Creating it leaves the active layer as it was, so the next Edit still edits the painter's layer.
+    """
     layer = find_layer(document, GUIDE_LAYER_NAME, "vectorlayer")
     if layer is None and create:
+        active = document.activeNode()
         layer = document.createVectorLayer(GUIDE_LAYER_NAME)
         document.rootNode().addChildNode(layer, None)
+        keep_active(document, active)
     return layer
 
 
@@ -227,7 +240,7 @@ class Controller(Host):
         source = KritaSource(document, settings)
         prepared: PreparedEdit = prepare_edit(settings, source, new_request_id())
         job = Job(prepared, document, source.node)
-        job.extra.update(on_done=on_done, preview=None, active=document.activeNode())
+        job.extra.update(on_done=on_done, preview=None)
         self.jobs.submit(job)
         return job
 
@@ -270,11 +283,9 @@ class Controller(Host):
 
     def _insert_above(self, job: Job, node: Any) -> None:
         """Add `node` directly above the edited layer, leaving the user's active layer as it was."""
+        active = job.document.activeNode()
         job.node.parentNode().addChildNode(node, job.node)
-        active = job.extra.get("active")
-        if active is not None:
-            job.document.setActiveNode(active)
-            QTimer.singleShot(0, lambda: job.document.setActiveNode(active))
+        keep_active(job.document, active)
 
     def _remove_preview(self, job: Job) -> None:
         preview = job.extra.get("preview")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from .arrows import arrow_svg
-from .document import active_document, controller, guide_layer
+from .document import active_document, controller, guide_layer, keep_active
 from .edit import EditSettings
 
 StatusCallback = Callable[[str, bool], None]
@@ -66,8 +66,11 @@ def status() -> str:
 def add_arrow(x0: float, y0: float, x1: float, y1: float) -> None:
     """Draw an arrow (document pixels) on the active document's guide layer, creating the layer."""
     document = active_document()
+    active = document.activeNode()
     layer = guide_layer(document, create=True)
-    layer.addShapesFromSvg(arrow_svg((x0, y0, x1, y1), document.xRes(), document.yRes()))
+    for shape in layer.addShapesFromSvg(arrow_svg((x0, y0, x1, y1))):
+        shape.deselect()
+    keep_active(document, active)
 
 
 def edit(mode: str = "Move", on_done: Optional[DoneCallback] = None, **settings: Any) -> str:

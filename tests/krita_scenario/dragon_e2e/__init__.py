@@ -1,0 +1,157 @@
+"""Test-only Krita plugin: one move edit through `dragon_krita.script`, judged from a JSON report.
+
+Driven by environment variables from tests/test_krita_e2e.py: DRAGON_E2E_SERVER (address) and
+DRAGON_E2E_REPORT (where the report goes). Every step is scheduled on Krita's event loop, as a painter's
+clicks would be, so the plugin's timer-driven networking runs for real.
+"""
+
+import hashlib
+import json
+import os
+import traceback
+
+from krita import Extension, Krita, Selection
+from PyQt5.QtCore import QTimer
+
+REPORT = os.environ.get("DRAGON_E2E_REPORT", "")
+SERVER = os.environ.get("DRAGON_E2E_SERVER", "")
+SIZE = 192
+SQUARE = (48, 48, 40, 40)
+ARROW = (68, 68, 128, 80)
+STEPS = 4
+
+
+def pattern():
+    """A grey B,G,R,A canvas with a red square: the object to move."""
+    data = bytearray(b"\x80\x80\x80\xff" * SIZE * SIZE)
+    x0, y0, w, h = SQUARE
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            data[(y * SIZE + x) * 4 : (y * SIZE + x) * 4 + 4] = b"\x20\x20\xe0\xff"
+    return bytes(data)
+
+
+def names(document):
+    return [node.name() for node in document.topLevelNodes()]
+
+
+class Scenario:
+    def __init__(self):
+        self.report = {"steps": []}
+
+    def step(self, name):
+        self.report["steps"].append(name)
+
+    def finish(self, error=None):
+        if error:
+            self.report["error"] = error
+        with open(REPORT + ".tmp", "w") as handle:
+            json.dump(self.report, handle, indent=1)
+        os.replace(REPORT + ".tmp", REPORT)
+
+    def guarded(self, function):
+        def run(*args):
+            try:
+                function(*args)
+            except Exception:
+                self.finish(traceback.format_exc())
+
+        return run
+
+    def start(self):
+        app = Krita.instance()
+        window = app.activeWindow() or (app.windows() or [None])[0]
+        if window is None:
+            QTimer.singleShot(500, self.guarded(self.start))
+            return
+        document = app.createDocument(SIZE, SIZE, "dragon e2e", "RGBA", "U8", "", 144.0)
+        window.addView(document)
+        self.document = document
+        source = document.createNode("Source", "paintlayer")
+        source.setPixelData(pattern(), 0, 0, SIZE, SIZE)
+        document.rootNode().addChildNode(source, None)
+        selection = Selection()
+        selection.select(SQUARE[0] - 4, SQUARE[1] - 4, SQUARE[2] + 8, SQUARE[3] + 8, 255)
+        document.setSelection(selection)
+        import dragon_krita.script as dragon
+
+        self.dragon = dragon
+        document.setActiveNode(source)
+        dragon.add_arrow(*ARROW)
+        document.refreshProjection()
+        self.step("document")
+        QTimer.singleShot(300, self.guarded(self.connect))
+
+    def connect(self):
+        self.source_before = hashlib.sha256(self.source().pixelData(0, 0, SIZE, SIZE)).hexdigest()
+        self.report["before"] = names(self.document)
+        self.report["active_before"] = self.document.activeNode().name()
+        self.report["guide_svg"] = [shape.toSvg() for shape in self.document.nodeByName("Drag guides").shapes()]
+        self.dragon.connect(SERVER, on_status=self.guarded(self.connected))
+
+    def source(self):
+        return self.document.nodeByName("Source")
+
+    def connected(self, text, ok):
+        self.report["status"] = text
+        if not ok:
+            self.finish("not connected: " + text)
+            return
+        self.step("connected")
+        self.report["active_at_edit"] = self.document.activeNode().name()
+        self.report["request"] = self.dragon.edit(
+            "Move", steps=STEPS, seed=1, preview=True, on_done=self.guarded(self.done)
+        )
+
+    def done(self, layer, error):
+        if error is not None:
+            self.finish(f"edit failed: {error.code}: {error}")
+            return
+        self.step("result")
+        self.layer_name = layer.name()
+        QTimer.singleShot(500, self.guarded(self.inspect))
+
+    def inspect(self):
+        document = self.document
+        layer = document.nodeByName(self.layer_name)
+        bounds = layer.bounds()
+        self.report.update(
+            after=names(document),
+            layer=self.layer_name,
+            layer_type=layer.type(),
+            bounds=[bounds.x(), bounds.y(), bounds.width(), bounds.height()],
+            source_unchanged=hashlib.sha256(self.source().pixelData(0, 0, SIZE, SIZE)).hexdigest()
+            == self.source_before,
+            active=document.activeNode().name(),
+            selection=[
+                document.selection().x(),
+                document.selection().y(),
+                document.selection().width(),
+                document.selection().height(),
+            ]
+            if document.selection()
+            else None,
+            guide_shapes=len(document.nodeByName("Drag guides").shapes()),
+            status=self.dragon.status(),
+        )
+        Krita.instance().action("edit_undo").trigger()
+        QTimer.singleShot(500, self.guarded(self.after_undo))
+
+    def after_undo(self):
+        self.report["after_undo"] = names(self.document)
+        self.step("undo")
+        self.finish()
+
+
+class ScenarioExtension(Extension):
+    def setup(self):
+        pass
+
+    def createActions(self, window):  # noqa: N802 (Krita's name)
+        if REPORT and not getattr(ScenarioExtension, "started", False):
+            ScenarioExtension.started = True
+            scenario = Scenario()
+            QTimer.singleShot(1500, scenario.guarded(scenario.start))
+
+
+Krita.instance().addExtension(ScenarioExtension(Krita.instance()))
