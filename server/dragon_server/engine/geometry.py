@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageChops, ImageFilter
 
 Box = Tuple[float, float, float, float]
 """(x0, y0, x1, y1): left, top, right, bottom edges in pixels."""
@@ -149,11 +149,12 @@ def blend_mask(region: Image.Image, frame: Frame, grow: float, feather: float) -
     """Full-size blend mask: `region` grown by `grow` px, feathered by `feather` px, and zero outside the
     region of interest (so that the crop's edges never show)."""
     x0, y0, x1, y1 = frame.box
-    crop = region.crop(frame.box).point(lambda v: 255 if v > 127 else 0)
-    if grow > 0:
-        crop = crop.filter(ImageFilter.GaussianBlur(grow / 2)).point(lambda v: 255 if v > 8 else 0)
+    core = region.crop(frame.box).point(lambda v: 255 if v > 127 else 0)
+    crop = core
+    if grow + feather > 0:
+        crop = crop.filter(ImageFilter.GaussianBlur((grow + feather) / 2)).point(lambda v: 255 if v > 8 else 0)
     if feather > 0:
-        crop = crop.filter(ImageFilter.GaussianBlur(feather / 2))
+        crop = ImageChops.lighter(crop.filter(ImageFilter.GaussianBlur(feather / 2)), core)
     arr = np.asarray(crop).copy()
     edge = max(1, int(math.ceil(feather / 2)))
     inner = np.zeros_like(arr)

@@ -247,6 +247,11 @@ def _from_single_file(path: str, dtype: torch.dtype) -> tuple:
 def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[str] = None) -> Components:
     """Load a model once: `sd15` (hub, cached), a hub repo id, a diffusers folder, a .safetensors/.ckpt
     file, `tiny` or `sd15-random` (random weights, no download)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     variant = "fp16" if dt != torch.float32 else None
@@ -257,15 +262,17 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
     elif os.path.isdir(name):
         parts = _from_folder(name, dt, variant)
         area = 768 * 768
-    elif name.endswith((".safetensors", ".ckpt")) or os.path.sep in name and not os.path.exists(name):
+    elif name.endswith((".safetensors", ".ckpt")):
         if not os.path.isfile(name):
             raise ModelError(f"checkpoint {name} does not exist: give the path of a .safetensors or .ckpt file")
         parts = _from_single_file(name, dt)
         area = 768 * 768
-    elif name.count("/") == 1:
+    elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         log.info("loading %s (downloaded on first use, then cached)", name)
         parts = _from_folder(_download(name, variant), dt, variant)
         area = 768 * 768
+    elif name.startswith((".", "/", "~")) or os.path.sep in name:
+        raise ModelError(f"model {name} does not exist: give a diffusers model folder or a .safetensors/.ckpt file")
     else:
         raise ModelError(
             f"unknown model '{model}': use sd15, tiny, sd15-random, a hub id like owner/name, "

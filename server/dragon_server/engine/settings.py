@@ -88,7 +88,7 @@ class Schedule:
 
         guided = {i for i in range(at(settings.guidance_end)) if i < at(settings.dense_guidance_end) or i % 2 == 0}
         travel = set(range(at(settings.time_travel_start), at(settings.time_travel_end), settings.time_travel_every))
-        sde = set(range(at(settings.sde_start) + 1, at(settings.sde_end)))
+        sde = set(range(int(math.floor(settings.sde_start * steps)) + 1, int(math.ceil(settings.sde_end * steps))))
         bank = set(range(at(settings.bank_start), min(steps, at(settings.bank_end))))
         return cls(steps, frozenset(guided), frozenset(travel & guided), frozenset(sde), frozenset(bank))
 

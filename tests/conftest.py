@@ -1,0 +1,29 @@
+"""Shared fixtures: the random-weight `tiny` engine and a small synthetic scene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    from dragon_server.engine import Engine
+
+    return Engine.load("tiny", device="cpu")
+
+
+def make_scene(size=(128, 128), seed: int = 0):
+    """A noisy background with a red disc; returns (image, disc mask)."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8), "RGB")
+    ImageDraw.Draw(image).ellipse((30, 40, 60, 70), fill=(200, 50, 50))
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).ellipse((30, 40, 60, 70), fill=255)
+    return image, mask
+
+
+@pytest.fixture
+def scene():
+    return make_scene()
