@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from conftest import make_scene
 from dragon_server.engine import EditCancelled, EditRequest, InputError, Mode
-from PIL import Image
 
 STEPS = 8
 

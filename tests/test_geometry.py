@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from conftest import make_scene
 from dragon_server.engine.geometry import (
     Affine,
@@ -16,7 +18,6 @@ from dragon_server.engine.geometry import (
 from dragon_server.engine.planning import plan_pixels
 from dragon_server.engine.request import EditRequest, InputError, Mode
 from dragon_server.engine.validate import check_request
-from PIL import Image
 
 
 def square(size, box):
