@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-import zmq
+from dragon_protocol.limits import MAX_MESSAGE_BYTES
 
 from dragon_server.serve import keys
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
@@ -40,14 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how long finished results stay fetchable after a client went away (default 3600)")
     p.add_argument("--keep-results-mb", type=int, default=512, metavar="MB",
                    help="memory for kept results; the oldest go first (default 512)")
+    p.add_argument("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES // 2**20, metavar="MB",
+                   help="largest message a client may send; bigger ones drop its connection "
+                   f"(default {MAX_MESSAGE_BYTES // 2**20})")
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the options, bind, and serve; return the exit code."""
-    from dragon_server.serve.server import Server, ServerConfig  # imports torch: only when serving
-
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -55,22 +56,26 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        config = ServerConfig(
-            binds=_endpoints(args),
-            model=args.model,
-            device=args.device,
-            queue_size=args.queue,
-            keep_seconds=args.keep_results,
-            keep_bytes=args.keep_results_mb * 1024 * 1024,
-            secret_key=args.keys,
-            allowed_clients=args.allowed_clients,
-        )
+        binds = _endpoints(args)
     except (EndpointError, keys.KeyFileError) as error:
         return _fail(str(error), 2)
+    from dragon_server.serve.server import BindError, Server, ServerConfig  # imports torch: only when serving
+
+    config = ServerConfig(
+        binds=binds,
+        model=args.model,
+        device=args.device,
+        queue_size=args.queue,
+        keep_seconds=args.keep_results,
+        keep_bytes=args.keep_results_mb * 2**20,
+        secret_key=args.keys,
+        allowed_clients=args.allowed_clients,
+        max_message_bytes=args.max_message_mb * 2**20,
+    )
     server = Server(config)
     try:
         server.bind()
-    except (zmq.ZMQError, keys.KeyFileError) as error:
+    except (BindError, keys.KeyFileError) as error:
         server.close()
         return _fail(str(error), 1)
     return server.run()
@@ -83,8 +88,10 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    if args.queue < 1 or args.keep_results < 0 or args.keep_results_mb < 1:
-        raise EndpointError("--queue and --keep-results-mb must be at least 1, --keep-results at least 0")
+    if min(args.queue, args.keep_results_mb, args.max_message_mb) < 1 or args.keep_results < 0:
+        raise EndpointError(
+            "--queue, --keep-results-mb and --max-message-mb must be at least 1, --keep-results at least 0"
+        )
     if args.keys is not None:
         keys.load_secret(args.keys)
         if keys.count_client_keys(args.allowed_clients) == 0:

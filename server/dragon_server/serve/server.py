@@ -54,6 +54,10 @@ SHUTDOWN_WAIT_S = 30.0
 _WAKE_ENDPOINT = "inproc://dragon-worker-wake"
 
 
+class BindError(Exception):
+    """An endpoint could not be bound (in use, bad address, no permission)."""
+
+
 @dataclass
 class ServerConfig:
     """Everything `dragon serve` was asked for."""
@@ -68,6 +72,8 @@ class ServerConfig:
     """Server key pair (.key_secret file or a folder with server.key_secret); None: no CURVE."""
     allowed_clients: Optional[str] = None
     """Folder of allowed client public keys (*.key), used with secret_key."""
+    max_message_bytes: int = limits.MAX_MESSAGE_BYTES
+    """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
 
 
 @dataclass
@@ -102,19 +108,22 @@ class Server:
     # -- set-up -----------------------------------------------------------------------------------
 
     def bind(self) -> None:
-        """Set up security and limits on the front socket and bind every endpoint (raises ZMQError)."""
+        """Set up security and limits on the front socket and bind every endpoint (raises BindError)."""
         front = self.front
         if self.curve:
             self.auth = keys.start_authenticator(self.context, self.config.allowed_clients)
             keys.secure_server_socket(front, self.config.secret_key)
-        front.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_BYTES)
+        front.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         front.setsockopt(zmq.ROUTER_HANDOVER, 1)
         front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         front.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 5)
         front.setsockopt(zmq.LINGER, 1000)
         for endpoint in self.config.binds:
-            front.bind(endpoint)
+            try:
+                front.bind(endpoint)
+            except zmq.ZMQError as error:
+                raise BindError(f"cannot listen on {endpoint}: {error.strerror}") from None
             log.info("listening on %s%s", endpoint, " (CURVE)" if self.curve else "")
         self.wake_in.bind(_WAKE_ENDPOINT)
 
@@ -247,7 +256,7 @@ class Server:
             dtype=self.info.dtype,
             modes=list(limits.MODES),
             image_formats=["png"],
-            limits=limits.as_dict(),
+            limits=dict(limits.as_dict(), max_message_bytes=self.config.max_message_bytes),
             queued=waiting,
             running=running,
             queue_capacity=self.jobs.capacity,
