@@ -56,12 +56,17 @@ def test_working_size_is_multiple_of_64_near_area_and_aspect(w, h, area):
 
 @pytest.mark.parametrize("edit", [(0, 0, 10, 10), (90, 90, 100, 100), (40, 10, 60, 95), (0, 0, 100, 100)])
 def test_region_of_interest_stays_inside_and_covers_the_edit(edit):
-    frame = region_of_interest(edit, 100, 100, 128 * 128, 0.25)
+    frame = region_of_interest(edit, 100, 100, 64 * 64, 0.25)
     x0, y0, x1, y1 = frame.box
     assert 0 <= x0 and 0 <= y0 and x1 <= 100 and y1 <= 100
     assert x0 <= edit[0] and y0 <= edit[1] and x1 >= edit[2] and y1 >= edit[3]
     assert frame.to_work()(x0, y0) == pytest.approx((0, 0))
     assert frame.to_work()(x1, y1) == pytest.approx(frame.size)
+
+
+def test_image_near_the_working_area_is_edited_whole():
+    frame = region_of_interest((10, 10, 20, 20), 1000, 800, 768 * 768, 0.25)
+    assert frame.box == (0, 0, 1000, 800) and frame.size == (832, 704)
 
 
 def test_small_edit_on_large_canvas_gets_context_not_the_whole_canvas():

@@ -56,7 +56,15 @@ def _token_mask(mask: torch.Tensor, tokens: int) -> torch.Tensor:
 
 
 class CrossBranchAttention:
-    """Says what the decoder self-attention layers do during the next UNet passes."""
+    """Says what the decoder self-attention layers do during the next UNet passes. One per UNet: use
+    `CrossBranchAttention.of(unet)`."""
+
+    @classmethod
+    def of(cls, unet: UNet2DConditionModel) -> CrossBranchAttention:
+        """The controller installed on `unet`, installing it on first use."""
+        if not isinstance(getattr(unet, "_dragon_attention", None), cls):
+            unet._dragon_attention = cls(unet)
+        return unet._dragon_attention
 
     def __init__(self, unet: UNet2DConditionModel):
         self.action: Optional[_Action] = None

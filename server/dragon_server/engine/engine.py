@@ -10,7 +10,9 @@ import time
 from typing import Dict, Optional
 
 import torch
+from PIL import Image
 
+from dragon_server.engine.cache import SourceCache, source_key
 from dragon_server.engine.ddim import Timeline
 from dragon_server.engine.geometry import paste_back
 from dragon_server.engine.inversion import SourceState, invert
@@ -35,14 +37,18 @@ from dragon_server.engine.validate import check_request
 class Engine:
     """One loaded model and everything needed to run DragonDiffusion edits with it."""
 
-    def __init__(self, components: Components):
+    def __init__(self, components: Components, cache_bytes: Optional[int] = None):
         self.components = components
         self.runner = Runner(components)
+        self.cache = SourceCache(default_cache_bytes(components.device) if cache_bytes is None else cache_bytes)
 
     @classmethod
-    def load(cls, model: str = "sd15", device: str = "auto", dtype: Optional[str] = None) -> Engine:
-        """Load `model` (see `load_components`) on `device`; raises ModelError with a one-line reason."""
-        return cls(load_components(model, device, dtype))
+    def load(cls, model: str = "sd15", device: str = "auto", dtype: Optional[str] = None,
+             cache_bytes: Optional[int] = None) -> Engine:
+        """Load `model` (see `load_components`) on `device`; raises ModelError with a one-line reason.
+        `cache_bytes` bounds the memory kept for reuse between edits (default: a quarter of the GPU's,
+        or 2 GiB on the CPU)."""
+        return cls(load_components(model, device, dtype), cache_bytes)
 
     @property
     def model_name(self) -> str:
@@ -78,16 +84,15 @@ class Engine:
         timeline = Timeline.build(self.components.scheduler, request.steps, self.components.device)
         text = runner.text(request.prompt)
         uncond = runner.text("") if request.prompt.strip() else None
-        source_latent = runner.encode(plan.frame.cut(request.image))
         report("encode", 1, 1)
         clock.lap("encode")
 
-        source = self._invert(source_latent, text, timeline, schedule, "inversion", report)
+        source = self._source(plan.frame.cut(request.image), request, text, timeline, schedule, "inversion", report)
         clock.lap("inversion")
         reference = None
         if request.mode in (Mode.APPEARANCE, Mode.PASTE):
-            ref_latent = runner.encode(plan.ref_frame.cut(request.reference))
-            reference = self._invert(ref_latent, text, timeline, schedule, "reference", report)
+            reference = self._source(plan.ref_frame.cut(request.reference), request, text, timeline, schedule,
+                                     "reference", report)
             clock.lap("reference")
 
         guide = build_guide(runner, request, plan, settings, schedule, source, reference)
@@ -103,17 +108,34 @@ class Engine:
         report("decode", 1, 1)
         clock.lap("decode")
 
+        self.cache.trim()
         result = paste_back(request.image, edited, plan.frame, plan.blend)
         clock.lap("blend")
         x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
         return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
                           plan.frame.size)
 
-    def _invert(self, latent: torch.Tensor, text: torch.Tensor, timeline: Timeline, schedule: Schedule,
-                stage: str, report) -> SourceState:
-        report(stage, 0, len(timeline))
-        return invert(self.runner, latent, text, timeline, schedule.bank,
-                      lambda done, total: report(stage, done, total))
+    def _source(self, crop: Image.Image, request: EditRequest, text: torch.Tensor, timeline: Timeline,
+                schedule: Schedule, stage: str, report) -> SourceState:
+        """The inverted crop, from the cache when this picture was inverted before with these settings."""
+        key = source_key(crop, request.prompt, request.steps, schedule.bank)
+        state = self.cache.get(key)
+        if state is None:
+            report(stage, 0, len(timeline))
+            latent = self.runner.encode(crop)
+            state = invert(self.runner, latent, text, timeline, schedule.bank,
+                           lambda done, total: report(stage, done, total))
+            self.cache.put(key, state)
+        else:
+            report(stage, len(timeline), len(timeline))
+        return state
+
+
+def default_cache_bytes(device: torch.device) -> int:
+    """A quarter of the GPU's memory; 2 GiB of host memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    return 2 << 30
 
 
 class _Clock:

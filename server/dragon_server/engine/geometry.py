@@ -114,9 +114,16 @@ def _fit(lo: float, hi: float, length: float, limit: int) -> Tuple[int, int]:
     return a, min(limit, max(a + 1, int(math.ceil(start + length))))
 
 
+WHOLE_IMAGE_FACTOR = 2.25
+"""An image of at most this many times the working area is edited whole: the model sees all of it
+(as the authors' release does), and repeat edits of the same picture can reuse its inversion."""
+
+
 def region_of_interest(edit: Box, width: int, height: int, area: int, context: float) -> Frame:
-    """The crop the model sees: the edit's box grown by `context` of its size (and to at least half the
-    working side), inside the image."""
+    """The crop the model sees: the whole image when it is small enough, otherwise the edit's box grown
+    by `context` of its size (and to at least half the working side), inside the image."""
+    if width * height <= WHOLE_IMAGE_FACTOR * area:
+        return Frame((0, 0, width, height), working_size(width, height, area))
     bw, bh = edit[2] - edit[0], edit[3] - edit[1]
     margin = context * max(bw, bh) + 8
     least = math.sqrt(area) / 2

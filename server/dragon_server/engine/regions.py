@@ -19,6 +19,7 @@ from dragon_server.engine.planning import PixelPlan
 from dragon_server.engine.request import EditRequest, Mode
 from dragon_server.engine.runner import Runner
 from dragon_server.engine.settings import MethodSettings, Schedule
+from dragon_server.engine.unet import on_grid as on_grid_features
 
 Energies = Tuple[torch.Tensor, torch.Tensor]
 
@@ -73,7 +74,8 @@ def _window(cx: float, cy: float, side: int, hw: Tuple[int, int]) -> Tuple[slice
 
 
 def _layer_mean(energy_fn: Callable[[int, torch.Tensor], Energies], features: List[torch.Tensor]) -> Energies:
-    """Energies averaged over the feature layers (each layer weighted equally, as in the release)."""
+    """Energies averaged over the feature layers (each layer weighted equally, as in the release);
+    `features` are already on the guidance grid."""
     edit = content = 0.0
     for layer, gen in enumerate(features):
         e, c = energy_fn(layer, gen)
@@ -96,6 +98,9 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
     def on_grid(mask: Image.Image, f: Frame = frame, factor: int = GRID_FACTOR) -> torch.Tensor:
         return grid_mask(mask, f, factor, dev)
 
+    def features_of(state: SourceState, step: int) -> List[torch.Tensor]:
+        return on_grid_features(state.features_at(runner, step), grid_hw)
+
     def binary(mask: torch.Tensor) -> torch.Tensor:
         return (mask > 0).to(z_t.dtype)[None, None]
 
@@ -111,8 +116,8 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
         energy_of = E.move_energy if mode == Mode.MOVE else E.paste_energy
 
         def energy(features: List[torch.Tensor], step: int) -> Energies:
-            guide_f = source.features_at(runner, step)
-            src_f = src_state.features_at(runner, step)
+            guide_f = features_of(source, step)
+            src_f = features_of(src_state, step)
             return _layer_mean(
                 lambda k, gen: energy_of(gen, guide_f[k], warp(src_f[k], feature_grid), regions, settings),
                 features)
@@ -127,8 +132,8 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
         regions_a = E.AppearanceRegions(obj, on_grid(request.reference_mask, plan.ref_frame), 1 - obj)
 
         def energy(features: List[torch.Tensor], step: int) -> Energies:
-            guide_f = source.features_at(runner, step)
-            ref_f = reference.features_at(runner, step)
+            guide_f = features_of(source, step)
+            ref_f = features_of(reference, step)
             return _layer_mean(
                 lambda k, gen: E.appearance_energy(gen, guide_f[k], ref_f[k], regions_a, settings), features)
 
@@ -155,7 +160,7 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
         regions_d = E.DragRegions(targets, handles, left, 1 - editable)
 
         def energy(features: List[torch.Tensor], step: int) -> Energies:
-            guide_f = source.features_at(runner, step)
+            guide_f = features_of(source, step)
             return _layer_mean(lambda k, gen: E.drag_energy(gen, guide_f[k], regions_d, settings), features)
 
         edit_region = binary(on_grid(plan.region, factor=LATENT_FACTOR))
@@ -176,4 +181,7 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
                 return contextlib.nullcontext()
             return attention.masked(source.bank, keep, reference.bank, keep_ref, step)
 
-    return Guide(energy, edit_region, start, attend)
+    def energy_on_grid(features: List[torch.Tensor], step: int) -> Energies:
+        return energy(on_grid_features(features, grid_hw), step)
+
+    return Guide(energy_on_grid, edit_region, start, attend)

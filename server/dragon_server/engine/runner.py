@@ -21,7 +21,7 @@ class Runner:
 
     def __init__(self, components: Components):
         self.c = components
-        self.attention = CrossBranchAttention(components.unet)
+        self.attention = CrossBranchAttention.of(components.unet)
         self.counts: Counter = Counter()
         self._texts: Dict[str, torch.Tensor] = {}
 

@@ -7,7 +7,7 @@ no second, truncated copy of the UNet is kept.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,13 @@ def unet_forward(
 def decoder_features(
     unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor
 ) -> List[torch.Tensor]:
-    """Guidance features: decoder blocks 1 and 2, resized (nearest) to one grid at twice the latent
-    size (a quarter of the image), in fp32 for the energy. Differentiable with respect to `sample`."""
+    """Guidance features at their own resolutions: the outputs of decoder blocks 1 and 2 (H/16 and H/8
+    of the image for SD 1.5). Differentiable with respect to `sample`."""
     outputs = unet_forward(unet, sample, timestep, text, stop_after=max(FEATURE_BLOCKS))
-    size = (sample.shape[-2] * 2, sample.shape[-1] * 2)
-    return [F.interpolate(outputs[i].float(), size=size, mode="nearest") for i in FEATURE_BLOCKS]
+    return [outputs[i] for i in FEATURE_BLOCKS]
+
+
+def on_grid(features: List[torch.Tensor], size: Tuple[int, int]) -> List[torch.Tensor]:
+    """Features resized (nearest) to one grid of `size` (twice the latent size: a quarter of the
+    image), in fp32 for the energy."""
+    return [F.interpolate(f.float(), size=size, mode="nearest") for f in features]
