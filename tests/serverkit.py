@@ -16,8 +16,9 @@ from typing import List, Optional, Tuple
 
 import msgpack
 import zmq
-from dragon_protocol import Edit, Hello, Message, Welcome, decode, encode
 from PIL import Image, ImageDraw
+
+from dragon_protocol import Edit, Hello, Message, Welcome, decode, encode
 
 DRAGON = [sys.executable, "-m", "dragon_server.cli"]
 START_TIMEOUT = 90.0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 import uuid
 
 import msgpack
 import pytest
+from PIL import Image
+
 import serverkit as kit
 from dragon_protocol import (
     Accepted,
@@ -24,7 +25,6 @@ from dragon_protocol import (
     Result,
     Welcome,
 )
-from PIL import Image
 
 MAX_MESSAGE_MB = 2
 LONG_STEPS = 400
@@ -227,6 +227,7 @@ def test_duplicate_id_and_full_queue_are_refused(client):
 
 def test_remote_edit_gives_the_in_process_picture(server):
     import torch
+
     from dragon_server.engine import EditRequest, Engine, Mode
     from dragon_server.serve.client import run_remote_edit
 
@@ -246,10 +247,12 @@ def test_remote_edit_gives_the_in_process_picture(server):
     assert events and events[-1].stage == "decode"
 
 
-def test_status_command_prints_the_welcome(server):
-    out = subprocess.run(kit.DRAGON + ["status", "--server", server], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "tiny on cpu" in out.stdout and "state:    ready" in out.stdout
+def test_status_command_prints_the_welcome(server, capsys):
+    from dragon_server.cli import main
+
+    assert main(["status", "--server", server]) == 0
+    out = capsys.readouterr().out
+    assert "tiny on cpu" in out and "state:    ready" in out
 
 
 def test_bad_request_ids_and_modes_are_refused(client):

@@ -7,7 +7,6 @@ import logging
 import sys
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
-
 from dragon_server.serve import keys
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
 from dragon_server.serve.link import DEFAULT_SERVER

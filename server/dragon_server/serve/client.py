@@ -6,9 +6,9 @@ import time
 import uuid
 from typing import Callable, Optional
 
-from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Ping, Pong, Progress, Result
 from PIL import Image
 
+from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Ping, Pong, Progress, Result
 from dragon_server.engine.request import (
     EditCancelled,
     EditError,

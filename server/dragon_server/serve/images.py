@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from typing import Optional
 
+from PIL import Image
+
 from dragon_protocol.errors import BAD_IMAGE, ProtocolError
 from dragon_protocol.png import check_png
-from PIL import Image
 
 
 def png_to_image(data: bytes, field: str, mode: Optional[str] = None) -> Image.Image:

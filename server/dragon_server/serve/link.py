@@ -10,8 +10,8 @@ import uuid
 from typing import Optional, Type
 
 import zmq
-from dragon_protocol import Error, Hello, Message, ProtocolError, Welcome, decode, encode
 
+from dragon_protocol import Error, Hello, Message, ProtocolError, Welcome, decode, encode
 from dragon_server.serve import keys
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import zmq
+
 from dragon_protocol import (
     Accepted,
     Cancel,
@@ -39,7 +40,6 @@ from dragon_protocol.errors import (
     SHUTTING_DOWN,
     UNKNOWN_REQUEST,
 )
-
 from dragon_server import __version__
 from dragon_server.serve import keys
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull

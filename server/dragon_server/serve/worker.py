@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+
 from dragon_protocol import Cancelled, Edit, Error, Progress, ProtocolError, Result, encode
 from dragon_protocol.errors import INTERNAL_ERROR, OUT_OF_MEMORY
-
 from dragon_server.engine import (
     EditCancelled,
     EditError,
