@@ -3,10 +3,11 @@
 import math
 
 import pytest
-from dragon_krita.arrows import arrow_svg, arrows_from_svg, parse_transform, path_end_points
-from dragon_krita.errors import PluginError
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dragon_krita.arrows import arrow_svg, arrows_from_svg, parse_transform, path_end_points
+from dragon_krita.errors import PluginError
 
 
 def close(a, b, tol=1e-6):

@@ -1,6 +1,9 @@
 """Pixel buffers and rectangles of the Krita plugin, without Krita."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dragon_krita.pixels import (
     alpha_channel,
     bgra_to_rgba,
@@ -20,8 +23,6 @@ from dragon_krita.region import (
     result_rect,
     with_context,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def test_bgra_to_rgba_and_back():

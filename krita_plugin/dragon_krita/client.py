@@ -13,6 +13,7 @@ import uuid
 from typing import Callable, List, Optional, Tuple, Union
 
 import zmq
+
 from dragon_protocol import Cancel, Edit, Hello, Message, Ping, Pong, ProtocolError, Welcome, decode, encode
 
 from .errors import PluginError

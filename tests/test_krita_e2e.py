@@ -1,0 +1,197 @@
+"""A move edit inside real Krita: `dragon serve --model tiny`, Krita under Xvfb, the plugin installed by
+`dragon install-plugin`, and the test-only scenario plugin in tests/krita_scenario driving
+`dragon_krita.script`. Judged by the JSON report the scenario writes (Krita may crash on quit).
+
+Skips locally when Krita or Xvfb is missing; with CI=true it fails instead.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from dragon_krita.region import Rect, edit_region, moved_rect
+from dragon_protocol import Hello, Welcome, decode, encode
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "tests" / "krita_scenario"
+SIZE, OBJECT, ARROW = 192, Rect(44, 44, 48, 48), (68, 68, 128, 80)  # as in the scenario plugin
+LAYER = "Dragon Move (dx +60, dy +12, strength 1, steps 4, seed 1)"
+TIMEOUT = 150
+
+
+def require(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        message = f"{program} is not installed (apt-get install krita xvfb python3-zmq python3-msgpack)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the real-Krita test: {message}")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a process started in its own session, and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def wait_for_server(address: str, process: subprocess.Popen, log: Path) -> None:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"dragon serve exited: {log.read_text()[-2000:]}"
+            sock.send(encode(Hello(client="test")))
+            if sock.poll(2000) and isinstance(decode(sock.recv()), Welcome):
+                return
+        pytest.fail(f"dragon serve did not answer: {log.read_text()[-2000:]}")
+    finally:
+        sock.close(0)
+
+
+@pytest.fixture
+def server(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dragon_server.cli", "serve", "--model", "tiny", "--bind", address],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_server(address, process, log)
+        yield address
+    finally:
+        stop(process)
+
+
+def wait_for_x(number: int, log: Path) -> None:
+    """Wait until the X server's socket takes connections."""
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket(socket.AF_UNIX) as x:
+            try:
+                x.connect(f"/tmp/.X11-unix/X{number}")
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"X display :{number} takes no connections: {log.read_text()[-1000:]}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def display(tmp_path):
+    xvfb = require("Xvfb")
+    read, write = os.pipe()
+    with open(tmp_path / "xvfb.log", "w") as log:
+        process = subprocess.Popen(
+            [xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-noreset"],
+            pass_fds=(write,),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    os.close(write)
+    try:
+        number = os.read(read, 16).decode().strip()
+        assert number, f"Xvfb did not start: {(tmp_path / 'xvfb.log').read_text()}"
+        wait_for_x(int(number), tmp_path / "xvfb.log")
+        yield f":{number}"
+    finally:
+        stop(process)
+        os.close(read)  # only now: Xvfb writes the number again on a reset and dies if nobody reads
+
+
+def test_move_edit_in_real_krita(tmp_path, server, display):
+    krita = require("krita")
+    env = dict(os.environ)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+        DISPLAY=display,
+        DRAGON_E2E_SERVER=server,
+        DRAGON_E2E_REPORT=str(tmp_path / "report.json"),
+    )
+    for key in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
+        Path(env[key]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    pykrita = Path(env["XDG_DATA_HOME"]) / "krita" / "pykrita"
+    kritarc = Path(env["XDG_CONFIG_HOME"]) / "kritarc"
+    installed = subprocess.run(
+        [sys.executable, "-m", "dragon_server.cli", "install-plugin", "--pykrita", str(pykrita)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert "enable_dragon_krita=true" in kritarc.read_text()
+    shutil.copytree(SCENARIO / "dragon_e2e", pykrita / "dragon_e2e")
+    shutil.copy(SCENARIO / "dragon_e2e.desktop", pykrita)
+    with open(kritarc, "a") as rc:
+        rc.write("enable_dragon_e2e=true\n")
+
+    report_path = Path(env["DRAGON_E2E_REPORT"])
+    log = tmp_path / "krita.log"
+    for _attempt in range(2):  # a Krita that dies at start-up (display not ready) gets one more try
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                [krita, "--nosplash"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not report_path.exists() and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(1)
+        finally:
+            stop(process)
+        if report_path.exists() or time.monotonic() >= deadline:
+            break
+    assert report_path.exists(), (
+        f"the scenario wrote no report; Krita's log ends: {log.read_text()[-3000:]}\n"
+        f"Xvfb: {(tmp_path / 'xvfb.log').read_text()[-1000:]}"
+    )
+    report = json.loads(report_path.read_text())
+    assert "error" not in report, report["error"]
+
+    before, after = report["before"], report["after"]
+    assert [name for name in after if name not in before] == [LAYER], after
+    assert after.index(LAYER) == after.index("Source") + 1, "the result must sit directly above the source"
+    assert report["layer_type"] == "paintlayer"
+    assert "Dragon preview" not in after
+    x, y, w, h = report["bounds"]
+    layer = Rect(x, y, w, h)
+    region = edit_region("move", Rect(0, 0, SIZE, SIZE), [ARROW], OBJECT, context=0.25)
+    assert not layer.is_empty() and layer.intersect(region) == layer, (layer, region)
+    destination = moved_rect(OBJECT, ARROW[2] - ARROW[0], ARROW[3] - ARROW[1])
+    assert not layer.intersect(destination).is_empty()
+    assert report["source_unchanged"] is True
+    assert report["active"] == "Source"
+    assert report["selection"] == [OBJECT.x, OBJECT.y, OBJECT.width, OBJECT.height]
+    assert report["guide_shapes"] == 1
+    assert report["after_undo"] == before, "one undo must remove the new layer"
