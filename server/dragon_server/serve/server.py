@@ -130,7 +130,10 @@ class Server:
     def _post(self, event: WorkerEvent) -> None:
         """Worker side: hand an event to the loop and wake it (one PAIR socket per posting thread)."""
         self.events.put(event)
-        self._wake_out.send(b"", zmq.NOBLOCK)
+        try:
+            self._wake_out.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:  # the loop has stopped (or is already awake with a full pipe)
+            pass
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
@@ -315,22 +318,23 @@ class Server:
 
     def _shutdown(self) -> None:
         """Cancel waiting and running work, tell its clients, wait for the worker, close the sockets."""
-        self.info.state = "stopping"
-        reason = "shutdown"
+        failed = self.info.state == "failed"
         for job in self.jobs.close():
-            self._finish(job, encode(Cancelled(id=job.edit.id, reason=reason)))
+            if failed:
+                message = Error(id=job.edit.id, code=MODEL_UNAVAILABLE, message="the model could not be loaded")
+            else:
+                message = Cancelled(id=job.edit.id, reason="shutdown")
+            self._finish(job, encode(message))
         running = self.jobs.running
         if running is not None:
-            running.cancel(reason)
-        deadline = time.monotonic() + SHUTDOWN_WAIT_S
-        while self.worker.is_alive() and self.info.state != "failed" and time.monotonic() < deadline:
-            self.worker.join(0.1)
-            self._drain_events()
+            running.cancel("shutdown")
+            deadline = time.monotonic() + SHUTDOWN_WAIT_S
+            while self.worker.is_alive() and time.monotonic() < deadline:
+                self.worker.join(0.1)
+                self._drain_events()
         self._drain_events()
-        for job in list(self.active.values()):  # still running after the wait, or never started
-            message = "the server stopped" if self.info.state != "failed" else "the model could not be loaded"
-            code = SHUTTING_DOWN if self.info.state != "failed" else MODEL_UNAVAILABLE
-            self._finish(job, encode(Error(id=job.edit.id, code=code, message=message)))
+        for job in list(self.active.values()):  # did not stop in time
+            self._finish(job, encode(Error(id=job.edit.id, code=SHUTTING_DOWN, message="the server stopped")))
         self._wake_out.close(0)
         self.close()
         log.info("stopped")
