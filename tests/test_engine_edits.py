@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_scene
-from dragon_server.engine import EditCancelled, EditRequest, InputError, Mode
+from dragon_server.engine import EditCancelled, EditRequest, Engine, InputError, Mode
 
 STEPS = 8
 
@@ -120,8 +120,9 @@ def test_cancel_stops_within_one_step(tiny_engine, stage, at):
             state["cancel"] = True
 
     req = EditRequest(Mode.MOVE, image, mask=mask, arrows=[(45, 55, 85, 60)], steps=STEPS)
+    engine = Engine(tiny_engine.components, cache_bytes=0)  # a cold start: the inversion really runs
     with pytest.raises(EditCancelled):
-        tiny_engine.edit(req, progress=progress, cancel=lambda: state["cancel"])
+        engine.edit(req, progress=progress, cancel=lambda: state["cancel"])
     assert seen[-1] == (stage, at)
 
 

@@ -21,15 +21,21 @@ KV = Tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class MemoryBank:
-    """Keys and values of every decoder self-attention layer, per denoising step index."""
+    """Keys and values of every decoder self-attention layer, per denoising step index. They stay on
+    the device; `on_host` keeps them in host memory and moves them at each use (the release's way,
+    kept only to reproduce its cost)."""
 
     entries: Dict[int, Dict[str, KV]] = field(default_factory=dict)
+    on_host: bool = False
 
-    def get(self, step: int, layer: str) -> KV:
-        return self.entries[step][layer]
+    def put(self, step: int, layer: str, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.on_host:
+            k, v = k.to("cpu"), v.to("cpu")
+        self.entries[step][layer] = (k.detach(), v.detach())
 
-    def has(self, step: int) -> bool:
-        return step in self.entries
+    def get(self, step: int, layer: str, device: torch.device) -> KV:
+        k, v = self.entries[step][layer]
+        return (k.to(device), v.to(device)) if self.on_host else (k, v)
 
     @property
     def nbytes(self) -> int:
@@ -107,15 +113,15 @@ class CrossBranchAttention:
         if act is None:
             return k, v, None
         if act.kind == "record":
-            act.bank.entries[act.step][layer] = (k.detach(), v.detach())
+            act.bank.put(act.step, layer, k, v)
             return k, v, None
         batch = k.shape[0]
-        bk, bv = act.bank.get(act.step, layer)
+        bk, bv = act.bank.get(act.step, layer, k.device)
         if act.kind == "replace":
             return bk.expand(batch, -1, -1), bv.expand(batch, -1, -1), None
         if act.kind == "concat":
             return torch.cat([k, bk.expand(batch, -1, -1)], 1), torch.cat([v, bv.expand(batch, -1, -1)], 1), None
-        rk, rv = act.ref_bank.get(act.step, layer)
+        rk, rv = act.ref_bank.get(act.step, layer, k.device)
         tokens = bk.shape[1]
         if tokens not in self._masks:
             keep, keep_ref = _token_mask(act.keep, tokens), _token_mask(act.keep_ref, tokens)

@@ -7,11 +7,13 @@ An edit flows one way: check the request -> plan it in pixels -> cut and scale t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 from PIL import Image
 
+from dragon_server.engine.attention import MemoryBank
 from dragon_server.engine.cache import SourceCache, source_key
 from dragon_server.engine.ddim import Timeline
 from dragon_server.engine.geometry import paste_back
@@ -34,13 +36,35 @@ from dragon_server.engine.settings import MethodSettings, Schedule
 from dragon_server.engine.validate import check_request
 
 
+@dataclass(frozen=True)
+class Economy:
+    """The engine's savings over the authors' release. All on by default; `reference()` turns them
+    off so that a benchmark can reproduce the release's cost profile in the same process."""
+
+    reuse: bool = True
+    """Keep inverted sources between edits (the cache)."""
+    skip_empty_cfg: bool = True
+    """No classifier-free guidance when the prompt is empty (both branches would be identical)."""
+    memoize_features: bool = True
+    """Guidance-branch features computed once per step, not at every guided evaluation."""
+    bank_on_device: bool = True
+    """The memory bank stays on the device instead of going to host memory and back."""
+
+    @classmethod
+    def reference(cls) -> Economy:
+        return cls(False, False, False, False)
+
+
 class Engine:
     """One loaded model and everything needed to run DragonDiffusion edits with it."""
 
-    def __init__(self, components: Components, cache_bytes: Optional[int] = None):
+    def __init__(self, components: Components, cache_bytes: Optional[int] = None, economy: Economy = Economy()):
         self.components = components
         self.runner = Runner(components)
-        self.cache = SourceCache(default_cache_bytes(components.device) if cache_bytes is None else cache_bytes)
+        self.economy = economy
+        if cache_bytes is None:
+            cache_bytes = default_cache_bytes(components.device)
+        self.cache = SourceCache(cache_bytes if economy.reuse else 0)
 
     @classmethod
     def load(cls, model: str = "sd15", device: str = "auto", dtype: Optional[str] = None,
@@ -83,7 +107,8 @@ class Engine:
         report("encode", 0, 1)
         timeline = Timeline.build(self.components.scheduler, request.steps, self.components.device)
         text = runner.text(request.prompt)
-        uncond = runner.text("") if request.prompt.strip() else None
+        cfg = bool(request.prompt.strip()) or not self.economy.skip_empty_cfg
+        uncond = runner.text("") if cfg else None
         report("encode", 1, 1)
         clock.lap("encode")
 
@@ -101,15 +126,18 @@ class Engine:
         def step_done(done: int, total: int, x0: torch.Tensor) -> None:
             report("sampling", done, total, lambda: runner.decode(x0))
 
-        latent = sample(runner, guide, timeline, schedule, settings, text, uncond, request.strength,
-                        generator, step_done)
+        with runner.stage("sampling"):
+            latent = sample(runner, guide, timeline, schedule, settings, text, uncond, request.strength,
+                            generator, step_done)
         clock.lap("sampling")
-        edited = runner.decode(latent)
+        with runner.stage("decode"):
+            edited = runner.decode(latent)
         report("decode", 1, 1)
         clock.lap("decode")
 
         self.cache.trim()
-        result = paste_back(request.image, edited, plan.frame, plan.blend)
+        with runner.stage("blend"):
+            result = paste_back(request.image, edited, plan.frame, plan.blend)
         clock.lap("blend")
         x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
         return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
@@ -122,9 +150,12 @@ class Engine:
         state = self.cache.get(key)
         if state is None:
             report(stage, 0, len(timeline))
-            latent = self.runner.encode(crop)
-            state = invert(self.runner, latent, text, timeline, schedule.bank,
-                           lambda done, total: report(stage, done, total))
+            with self.runner.stage(stage):
+                latent = self.runner.encode(crop)
+                bank = MemoryBank(on_host=not self.economy.bank_on_device)
+                state = invert(self.runner, latent, text, timeline, schedule.bank,
+                               lambda done, total: report(stage, done, total), bank)
+            state.memoize = self.economy.memoize_features
             self.cache.put(key, state)
         else:
             report(stage, len(timeline), len(timeline))

@@ -158,8 +158,8 @@ def blend_mask(region: Image.Image, frame: Frame, grow: float, feather: float) -
     x0, y0, x1, y1 = frame.box
     core = region.crop(frame.box).point(lambda v: 255 if v > 127 else 0)
     crop = core
-    if grow + feather > 0:
-        crop = crop.filter(ImageFilter.GaussianBlur((grow + feather) / 2)).point(lambda v: 255 if v > 8 else 0)
+    if grow > 0:
+        crop = crop.filter(ImageFilter.GaussianBlur(grow / 2)).point(lambda v: 255 if v > 8 else 0)
     if feather > 0:
         crop = ImageChops.lighter(crop.filter(ImageFilter.GaussianBlur(feather / 2)), core)
     arr = np.asarray(crop).copy()

@@ -27,6 +27,8 @@ class SourceState:
     bank: MemoryBank
     text: torch.Tensor
     timeline: Timeline
+    memoize: bool = True
+    """Keep the guidance features of each step (off only to reproduce the release's cost)."""
     features: Dict[int, List[torch.Tensor]] = field(default_factory=dict)
 
     @property
@@ -36,10 +38,13 @@ class SourceState:
 
     def features_at(self, runner: Runner, step: int) -> List[torch.Tensor]:
         """Guidance-branch features at `step`, computed once."""
-        if step not in self.features:
-            with torch.no_grad():
-                self.features[step] = runner.features(self.trajectory[step], self.timeline.timesteps[step], self.text)
-        return self.features[step]
+        if step in self.features:
+            return self.features[step]
+        with runner.stage("source_features"), torch.no_grad():
+            features = runner.features(self.trajectory[step], self.timeline.timesteps[step], self.text)
+        if self.memoize:
+            self.features[step] = features
+        return features
 
     @property
     def nbytes(self) -> int:
@@ -48,7 +53,7 @@ class SourceState:
 
 
 def invert(runner: Runner, latent: torch.Tensor, text: torch.Tensor, timeline: Timeline,
-           bank_steps: FrozenSet[int], tick: Tick) -> SourceState:
+           bank_steps: FrozenSet[int], tick: Tick, bank: MemoryBank) -> SourceState:
     """Invert `latent` step by step from clean to z_T, recording the memory bank at `bank_steps`.
     `tick(done, total)` runs after every step (progress, cancellation)."""
     bank = MemoryBank()

@@ -97,5 +97,5 @@ def plan_pixels(request: EditRequest, area: int) -> PixelPlan:
         ref_frame = aspect_frame(mask_box(request.reference_mask), aspect, frame.size, request.context)
 
     side = max(frame.crop_size)
-    blend = blend_mask(region, frame, grow=0.02 * side + 2, feather=0.03 * side + 2)
+    blend = blend_mask(region, frame, grow=0.015 * side + 2, feather=0.02 * side + 2)
     return PixelPlan(frame, ref_frame, source, target, placement, region, blend)

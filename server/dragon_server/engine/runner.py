@@ -3,14 +3,16 @@ encoder and the VAE."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from typing import Dict, List
+from typing import ContextManager, Dict, List, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dragon_server.engine.attention import CrossBranchAttention
+from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import Components
 from dragon_server.engine.unet import decoder_features, unet_forward
 
@@ -23,7 +25,17 @@ class Runner:
         self.c = components
         self.attention = CrossBranchAttention.of(components.unet)
         self.counts: Counter = Counter()
+        self.meter: Optional[Meter] = None
         self._texts: Dict[str, torch.Tensor] = {}
+
+    def stage(self, name: str) -> ContextManager:
+        """Attributes what runs inside to stage `name` when a benchmark meter is attached."""
+        return self.meter.stage(name) if self.meter is not None else contextlib.nullcontext()
+
+    def count(self, kind: str, n: int) -> None:
+        self.counts[kind] += n
+        if self.meter is not None:
+            self.meter.count(kind, n)
 
     @torch.no_grad()
     def text(self, prompt: str) -> torch.Tensor:
@@ -40,12 +52,12 @@ class Runner:
     @torch.no_grad()
     def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Predicted noise (no gradient)."""
-        self.counts["forward"] += z.shape[0]
+        self.count("forward", z.shape[0])
         return unet_forward(self.c.unet, z, t, text)
 
     def features(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> List[torch.Tensor]:
         """Guidance features by an early-exit pass; differentiable when grad is enabled."""
-        self.counts["features"] += z.shape[0]
+        self.count("features", z.shape[0])
         return decoder_features(self.c.unet, z, t, text)
 
     @torch.no_grad()

@@ -30,12 +30,12 @@ def predict_noise(runner: Runner, z: torch.Tensor, t: torch.Tensor, text: torch.
 def energy_gradient(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                     step: int) -> torch.Tensor:
     """d(energy)/d(z): the edit energy's gradient inside the edit region, the content energy's outside."""
-    with torch.enable_grad():
+    with runner.stage("guidance"), torch.enable_grad():
         x = z.detach().requires_grad_(True)
         edit, content = guide.energy(runner.features(x, t, text), step)
         (grad_edit,) = torch.autograd.grad(edit, x, retain_graph=True)
         (grad_content,) = torch.autograd.grad(content, x)
-    runner.counts["backward"] += 2
+        runner.count("backward", 2)
     region = guide.edit_region
     return grad_edit * region + grad_content * (1 - region)
 
