@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from dragon_server.engine import energy as E
 from dragon_server.engine.request import Mode
 from dragon_server.engine.settings import MethodSettings

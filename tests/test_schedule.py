@@ -1,6 +1,7 @@
 """The method's schedule and settings: the release's indices at 50 steps, scaling, overrides."""
 
 import pytest
+
 from dragon_server.engine.request import InputError, Mode
 from dragon_server.engine.settings import MethodSettings, Schedule
 
