@@ -7,6 +7,7 @@ messages arrive on a thread-safe queue, and a byte on an inproc PAIR socket wake
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import time
@@ -151,8 +152,10 @@ class Server:
         return self.exit_code
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        """First signal: stop cleanly (the loop sees the flag). Second: leave at once."""
         if self.stop_signal is not None:
-            raise KeyboardInterrupt
+            log.warning("second %s: stopping at once", signal.Signals(signum).name)
+            os._exit(130)
         self.stop_signal = signum
 
     # -- the loop ---------------------------------------------------------------------------------
