@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pathlib
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -262,3 +265,33 @@ def test_bad_request_ids_and_modes_are_refused(client):
         assert error.code == "bad_field" and error.id is None
     client.send(Edit(id=uuid.uuid4().hex, mode="sideways", image=b""))
     assert client.expect((Error,)).code == "bad_field"
+
+
+CTRL_C_CLIENT = """
+import sys
+sys.path.insert(0, {tests!r})
+import serverkit as kit
+from dragon_server.engine import EditRequest, Mode
+from dragon_server.serve.client import run_remote_edit
+
+image, mask = kit.scene()
+request = EditRequest(mode=Mode.MOVE, image=image, mask=mask, arrows=[(45, 55, 70, 60)], steps={steps})
+try:
+    run_remote_edit(request, {server!r}, progress=lambda event: print(event.stage, flush=True))
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_in_a_remote_edit_cancels_it_on_the_server(server, client):
+    script = CTRL_C_CLIENT.format(tests=str(pathlib.Path(__file__).parent), steps=LONG_STEPS, server=server)
+    edit = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert edit.stdout.readline().strip() == "encode"
+        edit.send_signal(signal.SIGINT)
+        out, _ = edit.communicate(timeout=30)
+    finally:
+        edit.kill()
+    assert out.splitlines()[-1] == "interrupted"
+    client.send(Ping())
+    assert client.expect((Pong,)).running == 0  # the server is free again: the edit was cancelled

@@ -8,7 +8,8 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Ping, Pong, Progress, Result
+from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Fetch, Progress, Result
+from dragon_protocol.errors import UNKNOWN_REQUEST
 from dragon_server.engine.request import (
     EditCancelled,
     EditError,
@@ -23,7 +24,7 @@ from dragon_server.engine.validate import to_rgb
 from dragon_server.serve.images import PNG_MODES, image_to_png, png_to_image
 from dragon_server.serve.link import LinkError, ServerLink, no_answer
 
-PING_INTERVAL = 2.0
+KEEPALIVE_INTERVAL = 2.0
 CANCEL_WAIT = 10.0
 _ERRORS = {InputError.code: InputError, ModelError.code: ModelError}
 
@@ -38,10 +39,11 @@ def run_remote_edit(
 ) -> EditResult:
     """Run `request` on the server at `server` and return the same EditResult the engine would.
 
-    `progress` gets the server's progress events. The server is pinged while the edit waits or runs;
-    `timeout` seconds with no answer at all raise EditError (code "unreachable"). Ctrl-C sends
-    `cancel`, waits briefly for the server to confirm, then raises KeyboardInterrupt. Errors the
-    server reports are raised as InputError, ModelError, EditCancelled or EditError with its code.
+    `progress` gets the server's progress events. While the edit waits or runs, silence is met with a
+    `fetch` every KEEPALIVE_INTERVAL seconds (answered at once, even by a busy server); `timeout`
+    seconds with no answer at all raise EditError (code "unreachable"). Ctrl-C sends `cancel`, waits
+    briefly for the server to confirm, then raises KeyboardInterrupt. Errors the server reports are
+    raised as InputError, ModelError, EditCancelled or EditError with the server's code.
     """
     edit = edit_message(request, uuid.uuid4().hex)
     try:
@@ -71,15 +73,15 @@ def _follow(
     """Read the server's messages about `request_id` until its terminal one (or `give_up`)."""
     heard = time.monotonic()
     while time.monotonic() < give_up:
-        message = link.receive(PING_INTERVAL)
+        message = link.receive(KEEPALIVE_INTERVAL)
         now = time.monotonic()
         if message is None:
             if now - heard > timeout:
                 raise EditError(no_answer(link.server, timeout), code="unreachable")
-            link.send(Ping())
+            link.send(Fetch(id=request_id))  # a keep-alive that also notices a server that lost the edit
             continue
         heard = now
-        if isinstance(message, (Pong, Accepted)) or getattr(message, "id", request_id) != request_id:
+        if isinstance(message, Accepted) or getattr(message, "id", None) != request_id:
             continue
         if isinstance(message, Progress):
             if progress is not None:
@@ -88,6 +90,8 @@ def _follow(
             return edit_result(request, message)
         elif isinstance(message, Cancelled):
             raise EditCancelled(f"the server cancelled the edit ({message.reason})")
+        elif isinstance(message, Error) and message.code == UNKNOWN_REQUEST:
+            raise EditError(f"the server at {link.server} no longer knows this edit (restarted?)", UNKNOWN_REQUEST)
         elif isinstance(message, Error):
             raise _ERRORS.get(message.code, EditError)(message.message, code=message.code)
     return None
