@@ -6,6 +6,7 @@ import logging
 import threading
 
 import pytest
+import zmq
 
 import serverkit as kit
 from dragon_server.cli import main
@@ -98,3 +99,15 @@ def test_a_model_that_cannot_load_ends_the_server_with_one_line(caplog, tmp_path
     assert code == 1
     failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(failures) == 1 and "cannot load model" in failures[0] and "\n" not in failures[0]
+
+
+def test_an_address_in_use_is_one_line_and_exit_1(capsys):
+    endpoint = f"tcp://127.0.0.1:{kit.free_port()}"
+    taken = zmq.Context.instance().socket(zmq.ROUTER)
+    taken.bind(endpoint)
+    try:
+        assert main(["serve", "--model", "tiny", "--bind", endpoint]) == 1
+    finally:
+        taken.close(0)
+    err = capsys.readouterr().err
+    assert f"cannot listen on {endpoint}" in err and len(err.strip().splitlines()) == 1
