@@ -117,7 +117,7 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
 
         def energy(features: List[torch.Tensor], step: int) -> Energies:
             guide_f = features_of(source, step)
-            src_f = features_of(src_state, step)
+            src_f = guide_f if src_state is source else features_of(src_state, step)
             return _layer_mean(
                 lambda k, gen: energy_of(gen, guide_f[k], warp(src_f[k], feature_grid), regions, settings),
                 features)

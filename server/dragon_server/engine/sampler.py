@@ -33,8 +33,10 @@ def energy_gradient(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tens
     with runner.stage("guidance"), torch.enable_grad():
         x = z.detach().requires_grad_(True)
         edit, content = guide.energy(runner.features(x, t, text), step)
-        (grad_edit,) = torch.autograd.grad(edit, x, retain_graph=True)
-        (grad_content,) = torch.autograd.grad(content, x)
+        edit.backward(retain_graph=True)
+        grad_edit, x.grad = x.grad, None
+        content.backward()
+        grad_content = x.grad
         runner.count("backward", 2)
     region = guide.edit_region
     return grad_edit * region + grad_content * (1 - region)

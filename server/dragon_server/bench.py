@@ -1,0 +1,166 @@
+"""`dragon bench` (also `python -m dragon_server.bench`): the cost of an edit, stage by stage, for a
+first edit and a repeat edit of the same picture with another arrow, next to a `reference` schedule
+that reproduces the cost profile of the authors' release in the same process (no reuse between
+edits, CFG always on, guidance-branch features recomputed at every guided evaluation, the memory
+bank kept in host memory and moved at each use)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dragon_server.engine import EditRequest, Engine, Mode
+from dragon_server.engine.engine import Economy
+from dragon_server.engine.meter import Meter
+from dragon_server.engine.models import load_components
+
+STAGES = ("inversion", "reference", "source_features", "sampling", "guidance", "decode", "blend", "other", "total")
+
+
+def scene(size: int, seed: int = 0):
+    """A smooth, textured picture with a disc to move, and the disc's mask."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([0.5 + 0.4 * np.sin(6 * x), 0.5 + 0.4 * np.cos(5 * y), 0.5 + 0.3 * np.sin(4 * (x + y))], -1)
+    base = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
+    image = Image.fromarray((base * 255).astype(np.uint8), "RGB")
+    mask = Image.new("L", (size, size), 0)
+    c, r = (0.3 * size, 0.4 * size), 0.12 * size
+    box = (c[0] - r, c[1] - r, c[0] + r, c[1] + r)
+    ImageDraw.Draw(image).ellipse(box, fill=(200, 60, 40))
+    ImageDraw.Draw(mask).ellipse(box, fill=255)
+    return image, mask, c
+
+
+def measure(engine: Engine, request: EditRequest, count_flops: bool) -> Dict[str, Dict[str, float]]:
+    """Run one edit under a meter; the per-stage figures."""
+    meter = Meter(engine.components.device, count_flops)
+    engine.runner.meter = meter
+    try:
+        with meter.active():
+            engine.edit(request)
+    finally:
+        engine.runner.meter = None
+    return meter.report()
+
+
+def run_size(components, size: int, steps: int, count_flops: bool, reference_repeat: bool) -> Dict[str, object]:
+    image, mask, c = scene(size)
+    area = size * size
+    first = EditRequest(Mode.MOVE, image, mask=mask, arrows=[(c[0], c[1], c[0] + 0.25 * size, c[1])],
+                        steps=steps, working_area=area)
+    repeat = EditRequest(Mode.MOVE, image, mask=mask, arrows=[(c[0], c[1], c[0], c[1] + 0.2 * size)],
+                         steps=steps, working_area=area)
+    ours = Engine(components, cache_bytes=None)
+    reference = Engine(components, economy=Economy.reference())
+    # Warm up (lazy initialisation, kernel selection) on another picture, outside the figures.
+    warm_image, warm_mask, wc = scene(size, seed=1)
+    Engine(components, cache_bytes=0).edit(EditRequest(
+        Mode.MOVE, warm_image, mask=warm_mask, arrows=[(wc[0], wc[1], wc[0] + 8, wc[1])], steps=2, working_area=area))
+    runs = {
+        "ours_first": measure(ours, first, count_flops),
+        "ours_repeat": measure(ours, repeat, count_flops),
+        "reference_first": measure(reference, first, count_flops),
+    }
+    runs["reference_repeat"] = measure(reference, repeat, count_flops) if reference_repeat else runs["reference_first"]
+    ratios = {}
+    for kind in ("first", "repeat"):
+        ours_total, ref_total = runs[f"ours_{kind}"]["total"], runs[f"reference_{kind}"]["total"]
+        ratios[kind] = {key: ours_total.get(key, 0) / ref_total[key] for key in ("seconds", "flops", "peak_bytes")
+                        if ref_total.get(key)}
+    return {"runs": runs, "ratios": ratios, "cache_bytes": ours.cache.nbytes,
+            "reference_repeat_measured": reference_repeat}
+
+
+def machine(device: torch.device) -> Dict[str, str]:
+    info = {"platform": platform.platform(), "cpus": str(os.cpu_count()), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(size: int, result: Dict[str, object]) -> None:
+    out = sys.stdout
+    out.write(f"\n{size}x{size}\n")
+    out.write(f"{'run':18} {'stage':16} {'seconds':>9} {'GFLOP':>11} {'fwd':>5} {'feat':>5} {'bwd':>5} "
+              f"{'peak GiB':>9}\n")
+    for run, stages in result["runs"].items():
+        for stage in STAGES:
+            f = stages.get(stage)
+            if not f:
+                continue
+            peak = f"{f['peak_bytes'] / 2**30:9.2f}" if f.get("peak_bytes") else f"{'-':>9}"
+            out.write(f"{run:18} {stage:16} {f.get('seconds', 0):9.2f} {f.get('flops', 0) / 1e9:11.1f} "
+                      f"{int(f.get('forward', 0)):5d} {int(f.get('features', 0)):5d} {int(f.get('backward', 0)):5d} "
+                      f"{peak}\n")
+    for kind, r in result["ratios"].items():
+        parts = ", ".join(f"{k.replace('_bytes', '')} {v:.2f}x" for k, v in r.items())
+        out.write(f"{kind} edit / reference: {parts}\n")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure the cost of edits against the release's cost profile",
+                       description=__doc__)
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="sd15-random", help="tiny, sd15-random (default) or a real model")
+    p.add_argument("--sizes", default="512,768", help="comma-separated square sizes in pixels")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
+    p.add_argument("--reference-once", action="store_true",
+                   help="run the reference schedule once: it has no reuse, so its repeat costs the same")
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dragon_server.engine.request import EditError
+
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        sys.stderr.write(f"dragon bench: error: --sizes {args.sizes} must be numbers like 512,768\n")
+        return 2
+    try:
+        components = load_components(args.model, args.device, args.dtype)
+    except EditError as exc:
+        sys.stderr.write(f"dragon bench: error: {exc}\n")
+        return 2
+    report: Dict[str, object] = {
+        "model": args.model, "device": str(components.device), "dtype": str(components.dtype).replace("torch.", ""),
+        "steps": args.steps, "machine": machine(components.device), "sizes": {},
+    }
+    sys.stdout.write(f"dragon bench: {args.model} on {components.device} "
+                     f"({report['machine'].get('gpu', platform.processor() or 'CPU')}), {report['dtype']}, "
+                     f"{args.steps} steps\n")
+    for size in sizes:
+        result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once)
+        report["sizes"][str(size)] = result
+        print_table(size, result)
+        sys.stdout.flush()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dragon_server.bench", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
