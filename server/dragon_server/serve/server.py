@@ -11,7 +11,7 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import zmq
@@ -85,18 +85,15 @@ class _EngineInfo:
     dtype: str = ""
 
 
-@dataclass
 class Server:
     """Binds, starts the worker, serves until a signal or a model failure; `run` returns the exit code."""
 
-    config: ServerConfig
-    jobs: JobQueue = field(init=False)
-    active: Dict[JobKey, Job] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.jobs = JobQueue(self.config.queue_size)
-        self.store = ResultStore(self.config.keep_seconds, self.config.keep_bytes)
-        self.info = _EngineInfo(model=self.config.model)
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.jobs = JobQueue(config.queue_size)
+        self.active: Dict[JobKey, Job] = {}
+        self.store = ResultStore(config.keep_seconds, config.keep_bytes)
+        self.info = _EngineInfo(model=config.model)
         self.events: queue.Queue[WorkerEvent] = queue.Queue()
         self.stop_signal: Optional[int] = None
         self.exit_code = 0
@@ -129,7 +126,7 @@ class Server:
         self.wake_in.bind(_WAKE_ENDPOINT)
 
     def _post(self, event: WorkerEvent) -> None:
-        """Worker side: hand an event to the loop and wake it (one PAIR socket per posting thread)."""
+        """Worker side: hand an event to the loop and wake it (only the worker thread posts)."""
         self.events.put(event)
         try:
             self._wake_out.send(b"", zmq.NOBLOCK)
