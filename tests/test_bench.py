@@ -7,18 +7,18 @@ from dragon_server.bench import main
 
 def test_bench_reports_stages_ratios_and_savings(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["--model", "tiny", "--sizes", "128", "--steps", "6", "--json", str(out)]) == 0
+    assert main(["--model", "tiny", "--sizes", "128", "--steps", "10", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "first edit / reference" in printed and "repeat edit / reference" in printed
     report = json.loads(out.read_text())
-    assert report["model"] == "tiny" and report["steps"] == 6 and "platform" in report["machine"]
+    assert report["model"] == "tiny" and report["steps"] == 10 and "platform" in report["machine"]
     runs = report["sizes"]["128"]["runs"]
     first, repeat, ref = runs["ours_first"], runs["ours_repeat"], runs["reference_first"]
     for run in (first, repeat, ref):
         assert run["total"]["seconds"] > 0 and run["total"]["flops"] > 0
     # the repeat skips inversion and guidance-branch features; the reference does everything every time
     assert "inversion" in first and "inversion" not in repeat and "source_features" not in repeat
-    assert repeat["total"]["forward"] == first["total"]["forward"] - 6
+    assert repeat["total"]["forward"] == first["total"]["forward"] - 10
     assert ref["sampling"]["forward"] > first["sampling"]["forward"]  # CFG always on
     assert ref["source_features"]["features"] > first["source_features"]["features"]
     assert repeat["total"]["flops"] < first["total"]["flops"] < ref["total"]["flops"]
