@@ -28,10 +28,11 @@ def dragon(capsys, *args: str) -> Tuple[int, str, str]:
 def keys(tmp_path_factory):
     """Key pairs made by `dragon keys`: the server's, an allowed client's and a stranger's."""
     root = tmp_path_factory.mktemp("keys")
-    for name in ("server", "laptop", "stranger"):
+    for name in ("server", "laptop", "desk", "stranger"):
         assert main(["keys", name, "--dir", str(root / name)]) == 0
     (root / "allowed").mkdir()
     shutil.copy(root / "laptop" / "laptop.key", root / "allowed")
+    shutil.copy(root / "desk" / "desk.key", root / "allowed")
     return root
 
 
@@ -64,6 +65,22 @@ def test_allowed_key_is_served(curve_server, keys):
         request, endpoint, str(keys / "server" / "server.key"), str(keys / "laptop" / "laptop.key_secret")
     )
     assert result.image.size == (128, 128) and result.box[2] > 0
+
+
+def test_requests_belong_to_the_key_that_sent_them(curve_server, keys):
+    endpoint, server_key = curve_server
+    laptop = zmq.auth.load_certificate(str(keys / "laptop" / "laptop.key_secret"))
+    desk = zmq.auth.load_certificate(str(keys / "desk" / "desk.key_secret"))
+    edit = kit.move_edit(steps=4)
+    with kit.Client(endpoint, server_key=server_key, client_pair=laptop) as mine:
+        mine.send(edit)
+        result = mine.expect((Result,), 60, edit.id)
+    with kit.Client(endpoint, server_key=server_key, client_pair=desk) as other:
+        other.send(Fetch(id=edit.id))
+        assert other.expect((Error, Result), 10).code == "unknown_request"
+    with kit.Client(endpoint, server_key=server_key, client_pair=laptop) as mine_again:
+        mine_again.send(Fetch(id=edit.id))
+        assert mine_again.expect((Result,), 10, edit.id) == result
 
 
 @pytest.mark.parametrize("who", ["stranger", "plain"])
