@@ -10,7 +10,7 @@ from dragon_server.engine import ddim
 from dragon_server.engine.attention import MemoryBank
 from dragon_server.engine.models import check_sd1_checkpoint, load_components, pick_device
 from dragon_server.engine.request import ModelError
-from dragon_server.engine.unet import decoder_features, unet_forward
+from dragon_server.engine.unet import features_from, head, trunk, unet_forward
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,22 @@ def test_early_exit_skips_the_last_decoder_block(parts):
     called = []
     hook = unet.up_blocks[3].register_forward_hook(lambda *a: called.append(1))
     try:
-        feats = decoder_features(unet, z, t, text)
+        feats = features_from(unet, trunk(unet, z, t, text))
     finally:
         hook.remove()
     assert called == []
     assert [f.shape[-1] for f in feats] == [8, 16]  # H/16 and H/8 of a 128 px image
     with torch.no_grad():
-        full = unet_forward(unet, z, t, text, stop_after=3)
-    assert full[2].shape[-1] == 16  # block 2 output at latent size, resized x2 for the grid
+        blocks = head(unet, trunk(unet, z, t, text), stop_after=3)
+    assert torch.allclose(blocks[0], feats[0]) and torch.allclose(blocks[1], feats[1])
+
+
+def test_trunk_is_free_of_decoder_self_attention_and_shared_exactly(parts):
+    runner, z, t, text = parts
+    state = trunk(runner.c.unet, z, t, text)
+    assert state.next_block == 1  # SD 1.x: decoder block 0 has no attention
+    with torch.no_grad():
+        assert torch.equal(head(runner.c.unet, state), unet_forward(runner.c.unet, z, t, text))
 
 
 def test_replacing_with_own_bank_or_joining_it_changes_nothing(parts):

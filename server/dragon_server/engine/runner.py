@@ -14,7 +14,7 @@ from PIL import Image
 from dragon_server.engine.attention import CrossBranchAttention
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import Components
-from dragon_server.engine.unet import decoder_features, unet_forward
+from dragon_server.engine.unet import Trunk, features_from, head, trunk, unet_forward
 
 
 class Runner:
@@ -57,8 +57,22 @@ class Runner:
 
     def features(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> List[torch.Tensor]:
         """Guidance features by an early-exit pass; differentiable when grad is enabled."""
-        self.count("features", z.shape[0])
-        return decoder_features(self.c.unet, z, t, text)
+        return self.features_from(self.trunk(z, t, text))
+
+    def trunk(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> Trunk:
+        """The start of a forward (no decoder self-attention yet), to share between passes."""
+        return trunk(self.c.unet, z, t, text)
+
+    def features_from(self, state: Trunk) -> List[torch.Tensor]:
+        """Guidance features, continuing an early-exit pass from `state`."""
+        self.count("features", state.h.shape[0])
+        return features_from(self.c.unet, state)
+
+    @torch.no_grad()
+    def noise_from(self, state: Trunk) -> torch.Tensor:
+        """Predicted noise, continuing a forward from `state` (no gradient)."""
+        self.count("forward", state.h.shape[0])
+        return head(self.c.unet, state.detach())
 
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:

@@ -4,7 +4,7 @@ noise, regional SDE and time travel, on the schedule of the method's settings.""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -27,19 +27,26 @@ def predict_noise(runner: Runner, z: torch.Tensor, t: torch.Tensor, text: torch.
     return eps_uncond + cfg_scale * (eps_text - eps_uncond)
 
 
-def energy_gradient(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                    step: int) -> torch.Tensor:
-    """d(energy)/d(z): the edit energy's gradient inside the edit region, the content energy's outside."""
+def guided_noise(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                 uncond: Optional[torch.Tensor], cfg_scale: float, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Predicted noise and d(energy)/d(z) of a guided step: the edit energy's gradient inside the edit
+    region, the content energy's outside. The feature pass and the noise pass share their trunk."""
     with runner.stage("guidance"), torch.enable_grad():
         x = z.detach().requires_grad_(True)
-        edit, content = guide.energy(runner.features(x, t, text), step)
+        state = runner.trunk(x, t, text)
+        edit, content = guide.energy(runner.features_from(state), step)
         edit.backward(retain_graph=True)
         grad_edit, x.grad = x.grad, None
         content.backward()
         grad_content = x.grad
         runner.count("backward", 2)
     region = guide.edit_region
-    return grad_edit * region + grad_content * (1 - region)
+    with guide.attend(step):
+        eps = runner.noise_from(state)
+        if uncond is not None:
+            eps_uncond = runner.noise(z, t, uncond)
+            eps = eps_uncond + cfg_scale * (eps - eps_uncond)
+    return eps, grad_edit * region + grad_content * (1 - region)
 
 
 def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule, settings: MethodSettings,
@@ -57,11 +64,12 @@ def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule,
             if r:
                 # Time travel: back up to step i's noise level by one inversion step, then denoise again.
                 z = ddim.invert_step(z, runner.noise(z, t, text), a_next, a)
-            with guide.attend(i):
-                eps = predict_noise(runner, z, t, text, uncond, settings.cfg_scale)
-            eps_x0 = eps
             if i in schedule.guided and gain:
-                eps_x0 = eps + gain * energy_gradient(runner, guide, z, t, text, i)
+                eps, gradient = guided_noise(runner, guide, z, t, text, uncond, settings.cfg_scale, i)
+                eps_x0 = eps + gain * gradient
+            else:
+                with guide.attend(i):
+                    eps = eps_x0 = predict_noise(runner, z, t, text, uncond, settings.cfg_scale)
             if i in schedule.sde:
                 noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
                 z_next = ddim.step(z, eps_x0, eps, a, a_next, eta_map, noise)

@@ -1,12 +1,15 @@
-"""The SD 1.x UNet forward, written out so that it can stop early.
+"""The SD 1.x UNet forward, written out so that it can stop early and share its start.
 
 DragonDiffusion's guidance needs only the outputs of decoder blocks 1 and 2; stopping right after
 block 2 skips the last (largest) decoder block, and it uses the same weights as the full forward, so
-no second, truncated copy of the UNet is kept.
+no second, truncated copy of the UNet is kept. Everything before the first decoder self-attention
+(the trunk: encoder, middle block, decoder block 0) does not depend on cross-branch attention, so a
+guided step computes it once for both the guidance features and the predicted noise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -17,21 +20,36 @@ FEATURE_BLOCKS = (1, 2)
 """Decoder blocks whose outputs are the guidance features (semantic and geometric scale)."""
 
 
-def unet_forward(
-    unet: UNet2DConditionModel,
-    sample: torch.Tensor,
-    timestep: torch.Tensor,
-    text: torch.Tensor,
-    stop_after: Optional[int] = None,
-):
-    """Predicted noise for `sample` at `timestep`; with `stop_after=k`, the list of the outputs of
-    decoder blocks 0..k instead (nothing after block k runs)."""
+@dataclass
+class Trunk:
+    """The UNet's state after the blocks that have no decoder self-attention."""
+
+    h: torch.Tensor
+    skips: Tuple[torch.Tensor, ...]
+    emb: torch.Tensor
+    text: torch.Tensor
+    next_block: int
+
+    def detach(self) -> Trunk:
+        return Trunk(self.h.detach(), tuple(s.detach() for s in self.skips), self.emb.detach(), self.text,
+                     self.next_block)
+
+
+def _up(block, h, skips, emb, text):
+    res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+    if getattr(block, "has_cross_attention", False):
+        return block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=text), skips
+    return block(hidden_states=h, temb=emb, res_hidden_states_tuple=res), skips
+
+
+def trunk(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> Trunk:
+    """Time embedding, encoder, middle block and the leading decoder blocks without attention."""
     t = timestep.reshape(-1).expand(sample.shape[0])
     emb = unet.time_embedding(unet.time_proj(t).to(sample.dtype))
     if text.shape[0] != sample.shape[0]:
         text = text.expand(sample.shape[0], -1, -1)
     h = unet.conv_in(sample)
-    skips = (h,)
+    skips: Tuple[torch.Tensor, ...] = (h,)
     for block in unet.down_blocks:
         if getattr(block, "has_cross_attention", False):
             h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=text)
@@ -39,13 +57,20 @@ def unet_forward(
             h, res = block(hidden_states=h, temb=emb)
         skips += res
     h = unet.mid_block(h, emb, encoder_hidden_states=text)
+    first = 0
+    while not getattr(unet.up_blocks[first], "has_cross_attention", False):
+        h, skips = _up(unet.up_blocks[first], h, skips, emb, text)
+        first += 1
+    return Trunk(h, skips, emb, text, first)
+
+
+def head(unet: UNet2DConditionModel, state: Trunk, stop_after: Optional[int] = None):
+    """The rest of the forward from `state`: the predicted noise, or with `stop_after=k` the list of
+    the outputs of decoder blocks from the trunk's end to k (nothing after block k runs)."""
+    h, skips = state.h, state.skips
     outputs: List[torch.Tensor] = []
-    for i, block in enumerate(unet.up_blocks):
-        res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
-        if getattr(block, "has_cross_attention", False):
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=text)
-        else:
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res)
+    for i in range(state.next_block, len(unet.up_blocks)):
+        h, skips = _up(unet.up_blocks[i], h, skips, state.emb, state.text)
         if stop_after is not None:
             outputs.append(h)
             if i == stop_after:
@@ -53,13 +78,17 @@ def unet_forward(
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
 
 
-def decoder_features(
-    unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor
-) -> List[torch.Tensor]:
+def unet_forward(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor,
+                 text: torch.Tensor) -> torch.Tensor:
+    """Predicted noise for `sample` at `timestep`."""
+    return head(unet, trunk(unet, sample, timestep, text))
+
+
+def features_from(unet: UNet2DConditionModel, state: Trunk) -> List[torch.Tensor]:
     """Guidance features at their own resolutions: the outputs of decoder blocks 1 and 2 (H/16 and H/8
-    of the image for SD 1.5). Differentiable with respect to `sample`."""
-    outputs = unet_forward(unet, sample, timestep, text, stop_after=max(FEATURE_BLOCKS))
-    return [outputs[i] for i in FEATURE_BLOCKS]
+    of the image for SD 1.5). Differentiable with respect to the sample the trunk came from."""
+    outputs = head(unet, state, stop_after=max(FEATURE_BLOCKS))
+    return [outputs[i - state.next_block] for i in FEATURE_BLOCKS]
 
 
 def on_grid(features: List[torch.Tensor], size: Tuple[int, int]) -> List[torch.Tensor]:
