@@ -1,0 +1,205 @@
+"""Building `edit` messages from a document and placing results, with a fake document (no Krita)."""
+
+import struct
+import zlib
+
+import pytest
+
+from dragon_krita import pixels
+from dragon_krita.arrows import arrow_svg
+from dragon_krita.edit import EditSettings, Source, layer_name, prepare_edit, result_layer
+from dragon_krita.errors import PluginError
+from dragon_krita.region import Rect
+from dragon_protocol import Edit, decode, encode, read_png_header
+
+W, H = 200, 160
+SELECTION = Rect(40, 40, 40, 30)
+
+
+def png(data: bytes, width: int, height: int, channels: int) -> bytes:
+    """A minimal PNG writer standing in for Krita's QImage (greyscale or RGBA, 8 bit)."""
+    rows = b"".join(b"\0" + data[y * width * channels : (y + 1) * width * channels] for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6 if channels == 4 else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def unpng(data: bytes):
+    """Width, height and raw bytes of a PNG written by `png` (no filters)."""
+    info = read_png_header(data)
+    idat_len = struct.unpack(">I", data[33:37])[0]
+    raw = zlib.decompress(data[41 : 41 + idat_len])
+    channels = 4 if info.colour_type == 6 else 1
+    row = info.width * channels + 1
+    return info.width, info.height, b"".join(raw[y * row + 1 : (y + 1) * row] for y in range(info.height))
+
+
+class FakeDocument(Source):
+    """A 200x160 document at `res` ppi: an opaque picture, a selection, guide arrows and a reference."""
+
+    def __init__(self, arrows=((60, 60, 120, 70),), selection=SELECTION, res=72.0, reference=None):
+        self.canvas = Rect(0, 0, W, H)
+        self.x_res = self.y_res = res
+        self.source_name = "Paint"
+        self.svg = (
+            None
+            if arrows is None
+            else [arrow_svg(a).replace("<path", f'<path transform="scale({72 / res})"') for a in arrows]
+        )
+        self.sel = selection
+        self.reference = reference
+        self.reads = []
+
+    def guide_svg(self):
+        return self.svg
+
+    def selection(self):
+        if self.sel is None:
+            return None
+        data = bytes([255]) * (self.sel.width * self.sel.height)
+        return self.sel, data
+
+    def image_pixels(self, rect):
+        self.reads.append(rect)
+        return bytes([10, 20, 30, 255]) * (rect.width * rect.height)
+
+    def reference_pixels(self, rect):
+        return bytes([1, 2, 3, 255]) * (rect.width * rect.height)
+
+    def reference_mask(self):
+        box = self.reference
+        mask = bytearray(W * H)
+        if box is not None:
+            for y in range(box.y, box.bottom):
+                mask[y * W + box.x : y * W + box.right] = b"\xff" * box.width
+        return self.canvas, bytes(mask)
+
+    def encode_png(self, data, width, height, channels):
+        return png(data, width, height, channels)
+
+
+def roundtrip(message: Edit) -> Edit:
+    """The message as the server will see it: checked by the protocol's decoder."""
+    return decode(encode(message))
+
+
+def test_move_message_holds_region_mask_and_relative_arrow():
+    doc = FakeDocument()
+    prepared = prepare_edit(EditSettings(mode="Move", steps=20, seed=7), doc, "req-1")
+    message = roundtrip(prepared.message)
+    assert message.mode == "move" and message.id == "req-1" and (message.steps, message.seed) == (20, 7)
+    region = prepared.region
+    assert region == Rect(8, 8, 164, 104)  # object and its destination, plus 32 px of context
+    assert doc.reads == [region], "only the region is read, not the whole canvas"
+    x0, y0, x1, y1 = message.arrows[0]
+    assert (x0 + region.x, y0 + region.y, x1 + region.x, y1 + region.y) == (60, 60, 120, 70)
+    width, height, rgba = unpng(message.image)
+    assert (width, height) == (region.width, region.height)
+    assert rgba[:4] == bytes([30, 20, 10, 255]), "B,G,R,A from Krita goes out as R,G,B,A"
+    width, height, mask = unpng(message.mask)
+    assert (width, height) == (region.width, region.height)
+    assert pixels.mask_bounds(mask, width, height) == Rect(40 - region.x, 40 - region.y, 40, 30)
+    assert message.preview_interval > 0
+    assert prepared.layer_name == "Dragon Move (dx +60, dy +10, strength 1, steps 20, seed 7)"
+
+
+def test_arrows_use_document_resolution():
+    doc = FakeDocument(res=300.0)
+    prepared = prepare_edit(EditSettings(), doc, "r")
+    assert prepared.arrows == [pytest.approx((60, 60, 120, 70))]
+
+
+def test_move_uses_first_arrow_and_drag_uses_all():
+    arrows = ((60, 60, 120, 70), (10, 10, 20, 20))
+    assert len(prepare_edit(EditSettings(mode="Move"), FakeDocument(arrows), "a").message.arrows) == 1
+    drag = prepare_edit(EditSettings(mode="Drag", preview=False), FakeDocument(arrows, None), "b")
+    assert len(drag.message.arrows) == 2 and drag.message.mask is None
+    assert drag.message.preview_interval == 0
+    assert drag.layer_name.startswith("Dragon Drag (2 arrows,")
+
+
+def test_resize_sends_scale_and_names_it():
+    prepared = prepare_edit(EditSettings(mode="Resize", scale=1.5), FakeDocument(), "r")
+    assert prepared.message.mode == "move" and prepared.message.scale == 1.5
+    assert "scale 1.5" in prepared.layer_name
+
+
+def test_appearance_sends_reference_crop_and_its_mask():
+    doc = FakeDocument(arrows=None, reference=Rect(150, 100, 20, 20))
+    prepared = prepare_edit(EditSettings(mode="Appearance", reference="Ref"), doc, "r")
+    message = roundtrip(prepared.message)
+    assert message.mode == "appearance" and message.arrows == []
+    width, height, mask = unpng(message.reference_mask)
+    assert pixels.mask_bounds(mask, width, height).width == 20
+    assert unpng(message.reference)[2][:4] == bytes([3, 2, 1, 255])
+    assert "from Ref" in prepared.layer_name
+
+
+def test_paste_arrow_starts_in_reference_and_ends_in_image():
+    doc = FakeDocument(arrows=((160, 110, 60, 50),), selection=None, reference=Rect(150, 100, 20, 20))
+    prepared = prepare_edit(EditSettings(mode="Paste", reference="Ref"), doc, "r")
+    message = roundtrip(prepared.message)
+    ref_region = Rect(118, 68, 82, 84)
+    (x0, y0, x1, y1) = message.arrows[0]
+    assert (x0 + ref_region.x, y0 + ref_region.y) == (160, 110)
+    assert (x1 + prepared.region.x, y1 + prepared.region.y) == (60, 50)
+    assert unpng(message.reference)[:2] == (ref_region.width, ref_region.height)
+
+
+@pytest.mark.parametrize(
+    "settings, doc, code",
+    [
+        (EditSettings(mode="Move"), FakeDocument(selection=None), "no_selection"),
+        (EditSettings(mode="Move"), FakeDocument(arrows=None), "no_guide_layer"),
+        (EditSettings(mode="Move"), FakeDocument(arrows=()), "no_arrows"),
+        (EditSettings(mode="Appearance"), FakeDocument(), "no_reference"),
+        (EditSettings(mode="Appearance", reference="Paint"), FakeDocument(), "reference_is_source"),
+        (EditSettings(mode="Paste", reference="Ref"), FakeDocument(), "empty_reference"),
+        (EditSettings(mode="Move", steps=0), FakeDocument(), "bad_parameter"),
+        (EditSettings(mode="Move", scale=20), FakeDocument(), "bad_parameter"),
+        (EditSettings(mode="Warp"), FakeDocument(), "bad_parameter"),
+        (EditSettings(mode="Move", prompt="x" * 2000), FakeDocument(), "bad_parameter"),
+    ],
+)
+def test_missing_inputs_are_refused_in_words(settings, doc, code):
+    with pytest.raises(PluginError) as info:
+        prepare_edit(settings, doc, "r")
+    assert info.value.code == code
+    assert "\n" not in str(info.value)
+
+
+def test_empty_layer_is_refused():
+    doc = FakeDocument()
+    doc.image_pixels = lambda rect: bytes(4 * rect.width * rect.height)
+    with pytest.raises(PluginError, match="empty"):
+        prepare_edit(EditSettings(), doc, "r")
+
+
+def test_too_many_arrows():
+    doc = FakeDocument(arrows=[(i, 0, i, 10) for i in range(40)], selection=None)
+    with pytest.raises(PluginError, match="at most 32 arrows"):
+        prepare_edit(EditSettings(mode="Drag"), doc, "r")
+
+
+def test_layer_names():
+    move = EditSettings(mode="Move", seed=3)
+    assert layer_name(move, [(0, 0, 5.4, -3)]) == "Dragon Move (dx +5, dy -3, strength 1, steps 50, seed 3)"
+    paste = EditSettings(mode="Paste", reference="Cat", prompt="a cat", strength=2)
+    assert layer_name(paste, [(0, 0, 1, 1)]) == (
+        'Dragon Paste (dx +1, dy +1, scale 1, from Cat, "a cat", strength 2, steps 50, seed 0)'
+    )
+    assert layer_name(EditSettings(mode="Drag"), [(0, 0, 1, 1)]).startswith("Dragon Drag (1 arrow,")
+
+
+def test_result_layer_places_box_and_sets_alpha_from_mask():
+    region = Rect(100, 50, 64, 64)
+    rgba = bytes([200, 100, 50, 255]) * 6
+    rect, bgra = result_layer(region, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
+    assert rect == Rect(110, 70, 3, 2)
+    assert bgra[:4] == bytes([50, 100, 200, 0]) and bgra[4:8] == bytes([50, 100, 200, 64])
+    with pytest.raises(PluginError) as info:
+        result_layer(region, (0, 0, 3, 3), rgba, bytes(6))
+    assert info.value.code == "bad_reply"
