@@ -69,7 +69,8 @@ def error_of(body) -> ProtocolError:
 
 EXAMPLES = [
     Hello(client="krita 5.2"),
-    Welcome(1, "dragon 0.1.0", "ready", "sd15", "cuda", "float16", ["move"], ["png"], limits.as_dict(), 1, 1, 8),
+    Welcome(1, "dragon 0.1.0", "ready", "sd15", "cuda", "float16", ["move"], ["png"], limits.as_dict(), 1, 1, 8,
+            {"entries": 1, "bytes": 2048, "max_bytes": 4096, "hits": 3, "misses": 1}),
     Edit(id="a.b:c-d_1", mode="paste", image=png(), reference=png(), reference_mask=png("L"),
          arrows=[(1.5, 2.0, 3.0, 4.0)], prompt="a cat", steps=30, seed=2**40, strength=1.5, scale=2.0, context=0.5,
          working_area=512 * 512, settings={"w_edit": 3.0, "drag_patch": 2}, preview_interval=0.5, preview_size=128),

@@ -295,3 +295,17 @@ def test_ctrl_c_in_a_remote_edit_cancels_it_on_the_server(server, client):
     assert out.splitlines()[-1] == "interrupted"
     client.send(Ping())
     assert client.expect((Pong,)).running == 0  # the server is free again: the edit was cancelled
+
+
+def test_welcome_reports_reuse_of_a_repeated_picture(client):
+    client.send(Hello(client="test"))
+    before = client.expect((Welcome,)).cache
+    assert set(before) == {"entries", "bytes", "max_bytes", "hits", "misses"}
+    for seed in (0, 1):  # the same picture twice: the second edit reuses the first one's inversion
+        edit = kit.move_edit(steps=4, seed=seed)
+        client.send(edit)
+        client.expect((Result,), 60, edit.id)
+    client.send(Hello(client="test"))
+    after = client.expect((Welcome,)).cache
+    assert after["hits"] >= before["hits"] + 1
+    assert after["entries"] >= 1 and 0 < after["bytes"] <= after["max_bytes"]

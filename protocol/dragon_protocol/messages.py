@@ -181,6 +181,8 @@ class Welcome(Message):
     queued: int
     running: int
     queue_capacity: int
+    cache: Dict[str, int] = field(default_factory=dict)
+    """Reuse between edits: entries, bytes, max_bytes, hits, misses (empty while the model loads)."""
 
     @classmethod
     def _read(cls, r: _Reader) -> Welcome:
@@ -197,6 +199,7 @@ class Welcome(Message):
             queued=r.integer("queued"),
             running=r.integer("running"),
             queue_capacity=r.integer("queue_capacity"),
+            cache=r.mapping("cache", (int,)),
         )
 
 

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES // 2**20, metavar="MB",
                    help="largest message a client may send; bigger ones drop its connection "
                    f"(default {MAX_MESSAGE_BYTES // 2**20})")
+    p.add_argument("--cache-mb", type=int, metavar="MB",
+                   help="memory kept to reuse the work on a picture between its edits (default: a quarter "
+                        "of the GPU's memory, 2048 on a CPU; 0 turns reuse off)")
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         secret_key=args.keys,
         allowed_clients=args.allowed_clients,
         max_message_bytes=args.max_message_mb * 2**20,
+        cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
     )
     server = Server(config)
     try:

@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model:    {welcome.model} on {welcome.device or '?'} ({welcome.dtype or '?'})")
     print(f"modes:    {', '.join(welcome.modes)}")
     print(f"queue:    {welcome.running} running, {welcome.queued} waiting, room for {welcome.queue_capacity}")
+    if welcome.cache:
+        c = welcome.cache
+        print(f"reuse:    {c['entries']} pictures kept, {c['bytes'] / 2**20:.0f} of {c['max_bytes'] / 2**20:.0f} MiB, "
+              f"{c['hits']} hits, {c['misses']} misses")
     print(
         f"limits:   {limits.get('max_image_pixels')} pixels per image, {limits.get('max_arrows')} arrows, "
         f"{limits.get('max_message_bytes')} bytes per message"

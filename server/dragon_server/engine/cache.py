@@ -5,6 +5,7 @@ shaped the inversion. A second edit of the same picture skips all of that work."
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Dict, FrozenSet, Hashable, Optional, Tuple
 
@@ -21,42 +22,50 @@ def source_key(crop: Image.Image, prompt: str, steps: int, bank_steps: FrozenSet
 
 
 class SourceCache:
-    """Least-recently-used SourceStates, at most `max_bytes` in all (0 disables reuse)."""
+    """Least-recently-used SourceStates, at most `max_bytes` in all (0 disables reuse). Safe to read
+    (`info`) from another thread than the one editing."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: OrderedDict[Tuple[Hashable, ...], SourceState] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, key: Tuple[Hashable, ...]) -> Optional[SourceState]:
-        state = self._items.get(key)
-        if state is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return state
+        with self._lock:
+            state = self._items.get(key)
+            if state is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return state
 
     def put(self, key: Tuple[Hashable, ...], state: SourceState) -> None:
-        self._items[key] = state
-        self._items.move_to_end(key)
+        with self._lock:
+            self._items[key] = state
+            self._items.move_to_end(key)
         self.trim()
 
     def trim(self) -> None:
         """Evict the least recently used until the total fits (states grow as features are added)."""
-        while self._items and self.nbytes > self.max_bytes:
-            self._items.popitem(last=False)
+        with self._lock:
+            while self._items and self._nbytes() > self.max_bytes:
+                self._items.popitem(last=False)
 
-    def clear(self) -> None:
-        self._items.clear()
+    def _nbytes(self) -> int:
+        return sum(state.nbytes for state in self._items.values())
 
     @property
     def nbytes(self) -> int:
-        return sum(state.nbytes for state in self._items.values())
+        with self._lock:
+            return self._nbytes()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def info(self) -> Dict[str, int]:
-        return {"entries": len(self), "bytes": self.nbytes, "max_bytes": self.max_bytes,
-                "hits": self.hits, "misses": self.misses}
+        """entries, bytes, max_bytes, hits, misses."""
+        with self._lock:
+            return {"entries": len(self._items), "bytes": self._nbytes(), "max_bytes": self.max_bytes,
+                    "hits": self.hits, "misses": self.misses}

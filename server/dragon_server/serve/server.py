@@ -75,6 +75,8 @@ class ServerConfig:
     """Folder of allowed client public keys (*.key), used with secret_key."""
     max_message_bytes: int = limits.MAX_MESSAGE_BYTES
     """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
+    cache_bytes: Optional[int] = None
+    """Memory kept for reuse between edits of the same picture; None: the engine's default."""
 
 
 @dataclass
@@ -138,7 +140,8 @@ class Server:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._wake_out = self.context.socket(zmq.PAIR)
         self._wake_out.connect(_WAKE_ENDPOINT)
-        self.worker = Worker(self.config.model, self.config.device, self.jobs, self._post)
+        self.worker = Worker(self.config.model, self.config.device, self.jobs, self._post,
+                             self.config.cache_bytes)
         self.worker.start()
         try:
             self._loop()
@@ -263,6 +266,7 @@ class Server:
             queued=waiting,
             running=running,
             queue_capacity=self.jobs.capacity,
+            cache=self.worker.engine.cache.info() if self.worker.engine is not None else {},
         )
 
     def _on_edit(self, edit: Edit, owner: str, route: bytes, peer: str) -> None:

@@ -44,10 +44,12 @@ class WorkerEvent:
 class Worker(threading.Thread):
     """Loads the engine, then takes jobs from `jobs` until the queue is closed."""
 
-    def __init__(self, model: str, device: str, jobs: JobQueue, post: Callable[[WorkerEvent], None]):
+    def __init__(self, model: str, device: str, jobs: JobQueue, post: Callable[[WorkerEvent], None],
+                 cache_bytes: Optional[int] = None):
         super().__init__(name="dragon-worker", daemon=True)
         self.model = model
         self.device = device
+        self.cache_bytes = cache_bytes
         self.jobs = jobs
         self.post = post
         self.engine: Optional[Engine] = None
@@ -56,7 +58,7 @@ class Worker(threading.Thread):
         log.info("loading model %s on device %s ...", self.model, self.device)
         started = time.monotonic()
         try:
-            self.engine = Engine.load(model=self.model, device=self.device)
+            self.engine = Engine.load(model=self.model, device=self.device, cache_bytes=self.cache_bytes)
         except Exception as error:  # any failure to load ends the server with its one-line reason
             self.post(WorkerEvent("load_failed", detail=_one_line(error)))
             return
