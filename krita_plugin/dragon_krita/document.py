@@ -312,17 +312,30 @@ class Controller(Host):
         job.document.refreshProjection()
 
     def job_result(self, job: Job, result: Any) -> None:
-        """Insert the result as one new layer (one undo step) above the edited layer."""
+        """Put the result into one new layer directly above the edited layer (one undo step).
+
+        Without a preview the layer is made, filled, then added. With one, the preview layer (whose
+        adding was the undo step) gets the result's pixels in place of the preview's, so one undo
+        still removes everything the edit added.
+        """
         self._check_alive(job)
-        self._remove_preview(job)
         if result.image is None or result.mask is None or result.box[2] == 0:
             raise PluginError("nothing_changed")
         rgba, width, height = decode_png(result.image, 4)
         mask, _, _ = decode_png(result.mask, 1, (width, height))
         rect, bgra = result_layer(job.prepared.region, tuple(result.box), rgba, mask)
-        layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
-        layer.setPixelData(bgra, *rect)
-        self._insert_above(job, layer)
+        layer = job.extra.get("preview")
+        job.extra["preview"] = None
+        if layer is not None and layer.parentNode() is not None:
+            region = job.prepared.region
+            layer.setLocked(False)
+            layer.setPixelData(bytes(4 * region.width * region.height), *region)
+            layer.setPixelData(bgra, *rect)
+            layer.setName(job.prepared.layer_name)
+        else:
+            layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
+            layer.setPixelData(bgra, *rect)
+            self._insert_above(job, layer)
         job.document.refreshProjection()
         self._notify("job_finished", job, layer, None)
         callback = job.extra.get("on_done")
