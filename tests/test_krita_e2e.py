@@ -194,4 +194,6 @@ def test_move_edit_in_real_krita(tmp_path, server, display):
     assert report["active"] == "Source"
     assert report["selection"] == [OBJECT.x, OBJECT.y, OBJECT.width, OBJECT.height]
     assert report["guide_shapes"] == 1
+    assert "DragonDiffusion" in report["dockers"]
+    assert report["docker_status"], "the docker's status line shows the connection"
     assert report["after_undo"] == before, "one undo must remove the new layer"

@@ -12,6 +12,7 @@ import traceback
 
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QTimer
+from PyQt5.QtWidgets import QLabel
 
 REPORT = os.environ.get("DRAGON_E2E_REPORT", "")
 SERVER = os.environ.get("DRAGON_E2E_SERVER", "")
@@ -133,6 +134,14 @@ class Scenario:
             else None,
             guide_shapes=len(document.nodeByName("Drag guides").shapes()),
             status=self.dragon.status(),
+            dockers=[docker.windowTitle() for docker in Krita.instance().dockers()],
+            docker_status=[
+                label.text()
+                for docker in Krita.instance().dockers()
+                if docker.windowTitle() == "DragonDiffusion"
+                for label in docker.findChildren(QLabel)
+                if label.text().startswith("Connected")
+            ],
         )
         Krita.instance().action("edit_undo").trigger()
         QTimer.singleShot(500, self.guarded(self.after_undo))
