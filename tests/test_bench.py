@@ -27,3 +27,12 @@ def test_bench_reports_stages_ratios_and_savings(tmp_path, capsys):
     ratios = report["sizes"]["128"]["ratios"]
     assert 0 < ratios["repeat"]["flops"] < ratios["first"]["flops"] < 1
     assert runs["reference_repeat"]["total"]["flops"] == pytest.approx(ref["total"]["flops"], rel=0.01)
+
+
+def test_bench_measures_what_the_server_adds(tmp_path, capsys):
+    out = tmp_path / "protocol.json"
+    assert main(["--protocol", "256", "--json", str(out)]) == 0
+    assert "beyond PNG" in capsys.readouterr().out
+    figures = json.loads(out.read_text())["protocol"]
+    assert figures["size"] == 256
+    assert figures["remote_seconds"] > 0 and figures["in_process_seconds"] > 0 and figures["png_seconds"] > 0

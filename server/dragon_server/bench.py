@@ -7,10 +7,15 @@ bank kept in host memory and moved at each use)."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
+import socket
+import statistics
+import subprocess
 import sys
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -80,6 +85,62 @@ def run_size(components, size: int, steps: int, count_flops: bool, reference_rep
             "reference_repeat_measured": reference_repeat}
 
 
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_protocol(size: int, repeats: int = 3) -> Dict[str, float]:
+    """What going through a server on loopback adds to the same `tiny` edit run in this process, and
+    how much of that is PNG encoding and decoding."""
+    from dragon_protocol import Hello, Welcome
+    from dragon_server.serve.client import run_remote_edit
+    from dragon_server.serve.link import ServerLink
+
+    threads = torch.get_num_threads()
+    image, mask, c = scene(size)
+    request = EditRequest(Mode.MOVE, image, mask=mask, arrows=[(c[0], c[1], c[0] + 0.1 * size, c[1])], steps=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    server = subprocess.Popen([sys.executable, "-m", "dragon_server.cli", "serve", "--model", "tiny", "--device",
+                               "cpu", "--bind", endpoint], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        link = ServerLink(endpoint)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            link.send(Hello(client="bench"))
+            reply = link.receive(1.0)
+            if isinstance(reply, Welcome) and reply.state == "ready":
+                break
+        link.close()
+        local = Engine.load("tiny", "cpu")
+        result = local.edit(request)  # warm both sides: the same picture is reused from here on
+        run_remote_edit(request, endpoint)
+        in_process = _median_seconds(lambda: local.edit(request), repeats)
+        remote = _median_seconds(lambda: run_remote_edit(request, endpoint), repeats)
+    finally:
+        server.terminate()
+        server.wait(30)
+    x, y, w, h = result.box
+
+    def png_round_trip() -> None:
+        for picture in (image, mask, result.image.crop((x, y, x + w, y + h)), result.mask.crop((x, y, x + w, y + h))):
+            data = io.BytesIO()
+            picture.save(data, "PNG")
+            Image.open(io.BytesIO(data.getvalue())).load()
+
+    png = _median_seconds(png_round_trip, repeats)
+    return {"size": size, "in_process_seconds": in_process, "remote_seconds": remote, "png_seconds": png,
+            "overhead_seconds": remote - in_process, "overhead_beyond_png_seconds": remote - in_process - png}
+
+
 def machine(device: torch.device) -> Dict[str, str]:
     info = {"platform": platform.platform(), "cpus": str(os.cpu_count()), "torch": torch.__version__}
     if device.type == "cuda":
@@ -122,12 +183,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
     p.add_argument("--reference-once", action="store_true",
                    help="run the reference schedule once: it has no reuse, so its repeat costs the same")
+    p.add_argument("--protocol", type=int, metavar="SIZE",
+                   help="instead, measure what a server on loopback adds to a tiny-model edit of a SIZE^2 image")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from dragon_server.engine.request import EditError
 
+    if args.protocol:
+        figures = measure_protocol(args.protocol)
+        ms = {k: v * 1000 for k, v in figures.items()}
+        sys.stdout.write(
+            f"protocol overhead at {args.protocol}x{args.protocol} (tiny model, loopback): in-process "
+            f"{ms['in_process_seconds']:.0f} ms, through the server {ms['remote_seconds']:.0f} ms; adds "
+            f"{ms['overhead_seconds']:.0f} ms, of which PNG {ms['png_seconds']:.0f} ms "
+            f"-> {ms['overhead_beyond_png_seconds']:.0f} ms beyond PNG\n")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"protocol": figures}, f, indent=1)
+        return 0
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
