@@ -8,7 +8,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -98,28 +98,25 @@ def byte_level_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
+def _vae(channels: Tuple[int, ...], layers: int, groups: int, size: int) -> AutoencoderKL:
+    """The SD VAE layout: four blocks, so latents are an eighth of the image's size."""
+    return AutoencoderKL(
+        block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=layers,
+        norm_num_groups=groups, sample_size=size,
+    )
+
+
 def build_random(name: str, seed: int = 0) -> tuple:
     """The SD 1.x architecture with random weights from a fixed seed: `tiny` (small) or `sd15-random`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "tiny":
             unet = UNet2DConditionModel(
-                sample_size=16,
-                block_out_channels=(32, 64, 64, 64),
-                layers_per_block=1,
-                cross_attention_dim=32,
-                attention_head_dim=4,
-                norm_num_groups=8,
+                sample_size=16, block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=32,
+                attention_head_dim=4, norm_num_groups=8,
             )
-            vae = AutoencoderKL(
-                block_out_channels=(8, 16, 32, 32),
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                latent_channels=4,
-                layers_per_block=1,
-                norm_num_groups=8,
-                sample_size=128,
-            )
+            vae = _vae((8, 16, 32, 32), layers=1, groups=8, size=128)
             text = CLIPTextConfig(
                 vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
@@ -127,14 +124,7 @@ def build_random(name: str, seed: int = 0) -> tuple:
             )
         else:
             unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-            vae = AutoencoderKL(
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                latent_channels=4,
-                layers_per_block=2,
-                sample_size=512,
-            )
+            vae = _vae((128, 256, 512, 512), layers=2, groups=32, size=512)
             text = CLIPTextConfig(
                 vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                 num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
