@@ -197,3 +197,13 @@ def test_move_edit_in_real_krita(tmp_path, server, display):
     assert "DragonDiffusion" in report["dockers"]
     assert report["docker_status"], "the docker's status line shows the connection"
     assert report["after_undo"] == before, "one undo must remove the new layer"
+
+    probes = report["probes"]
+    assert probes["reference_mask"][4] == 30 * 30, "the reference object is the reference layer's opaque pixels"
+    reference_width, reference_height, first_pixel = probes["reference_png"]
+    assert (reference_width, reference_height) == (94, 94) and first_pixel[3] == 0
+    assert probes["shape_types"] == ["KoPathShape", "groupshape"] and len(probes["arrows"]) == 3
+    assert probes["arrows"][0] == [68.0, 68.0, 128.0, 80.0], "the scenario's arrow, read back in pixels"
+    assert probes["arrows"][1:] == [[10.0, 0.0, 30.0, 0.0], [10.0, 10.0, 10.0, 30.0]], "grouped arrows"
+    assert probes["vector_active"] == "no_paint_layer"
+    assert "8-bit" in probes["u16"] and "U16" in probes["u16"]

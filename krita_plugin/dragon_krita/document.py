@@ -80,16 +80,6 @@ def _rect(qrect: Any) -> Rect:
     return Rect(qrect.x(), qrect.y(), qrect.width(), qrect.height())
 
 
-def _shape_svg(shape: Any) -> str:
-    """A shape's SVG; groups are rebuilt from their children with the group's own transform."""
-    if shape.type() == "KoShapeGroup" and hasattr(shape, "children"):
-        t = shape.transformation()
-        inner = "".join(_shape_svg(child) for child in shape.children())
-        matrix = f"matrix({t.m11()} {t.m12()} {t.m21()} {t.m22()} {t.dx()} {t.dy()})"
-        return f'<g transform="{matrix}">{inner}</g>'
-    return shape.toSvg()
-
-
 def find_layer(document: Any, name: str, kind: str = "") -> Any:
     """The first layer called `name` (of node type `kind` when given), anywhere in the tree, or None."""
     pending = list(document.topLevelNodes())
@@ -152,7 +142,7 @@ class KritaSource(Source):
 
     def guide_svg(self) -> Optional[List[str]]:
         layer = guide_layer(self.document)
-        return None if layer is None else [_shape_svg(shape) for shape in layer.shapes()]
+        return None if layer is None else [shape.toSvg() for shape in layer.shapes()]  # groups included
 
     def selection(self) -> Optional[Tuple[Rect, bytes]]:
         selection = self.document.selection()

@@ -149,7 +149,48 @@ class Scenario:
     def after_undo(self):
         self.report["after_undo"] = names(self.document)
         self.step("undo")
+        self.probe()
         self.finish()
+
+    def probe(self):
+        """The document adapter's other inputs, read in real Krita without running edits."""
+        from dragon_krita import document as adapter
+        from dragon_krita.arrows import arrows_from_svg
+        from dragon_krita.edit import EditSettings, prepare_edit
+        from dragon_krita.errors import PluginError
+
+        document = self.document
+        probes = self.report["probes"] = {}
+        reference = document.createNode("Ref", "paintlayer")
+        reference.setPixelData(b"\xff\x00\x00\xff" * 30 * 30, 120, 120, 30, 30)
+        document.rootNode().addChildNode(reference, None)
+        document.setActiveNode(self.source())
+        source = adapter.KritaSource(document, EditSettings(mode="Paste", reference="Ref"))
+        rect, mask = source.reference_mask()
+        probes["reference_mask"] = [rect.x, rect.y, rect.width, rect.height, sum(1 for v in mask if v)]
+        message = prepare_edit(source.settings, source, "probe").message
+        probes["paste"] = [len(message.reference), len(message.reference_mask), list(message.arrows[0])]
+        rgba, width, height = adapter.decode_png(message.reference, 4)
+        probes["reference_png"] = [width, height, list(rgba[:4])]
+        guides = document.nodeByName("Drag guides")
+        guides.addShapesFromSvg(
+            '<svg xmlns="http://www.w3.org/2000/svg"><g transform="translate(10 0)">'
+            '<path d="M0 0 L20 0" stroke="#000"/><path d="M0 10 L0 30" stroke="#000"/></g></svg>'
+        )
+        fragments = source.guide_svg()
+        probes["shape_types"] = [shape.type() for shape in guides.shapes()]
+        probes["arrows"] = [[round(v, 2) for v in arrow] for arrow in arrows_from_svg(fragments, 144, 144)]
+        document.setActiveNode(guides)
+        try:
+            adapter.KritaSource(document, EditSettings())
+        except PluginError as error:
+            probes["vector_active"] = error.code
+        deep = Krita.instance().createDocument(8, 8, "deep", "RGBA", "U16", "", 72.0)
+        try:
+            adapter.check_color(deep)
+        except PluginError as error:
+            probes["u16"] = str(error)
+        deep.close()
 
 
 class ScenarioExtension(Extension):
