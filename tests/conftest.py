@@ -27,3 +27,13 @@ def make_scene(size=(128, 128), seed: int = 0):
 @pytest.fixture
 def scene():
     return make_scene()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the reliability campaign's figures (cases fuzzed, requests, faults) when its tests ran."""
+    from campaign import FIGURES, SOAK
+
+    if FIGURES:
+        terminalreporter.section(f"reliability figures (soak level {SOAK})")
+        for name, value in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {value}")
