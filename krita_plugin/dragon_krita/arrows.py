@@ -190,9 +190,7 @@ def _walk(element: ET.Element, ctm: Matrix, inherited: Dict[str, str]) -> Iterat
         yield (ax, ay, bx, by)
 
 
-def _element_end_points(
-    tag: str, element: ET.Element
-) -> Optional[Tuple[Tuple[float, float], Tuple[float, float]]]:
+def _element_end_points(tag: str, element: ET.Element) -> Optional[Tuple[Tuple[float, float], Tuple[float, float]]]:
     """Start and end of an arrow-like element, None for shapes that are not arrows."""
     try:
         if tag == "path":

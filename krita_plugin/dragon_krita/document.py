@@ -168,11 +168,11 @@ class KritaSource(Source):
     def reference_mask(self) -> Tuple[Rect, bytes]:
         node = self._reference_node()
         for child in node.childNodes():
-            if child.type() == "selectionmask":
-                rect = self.canvas
-                data = bytes(child.pixelData(*rect))
-                if len(data) == rect.width * rect.height:
-                    return rect, data
+            if child.type() == "selectionmask" and hasattr(child, "selection"):
+                selection = child.selection()
+                rect = Rect(selection.x(), selection.y(), selection.width(), selection.height())
+                if not rect.is_empty():
+                    return rect, bytes(selection.pixelData(*rect))
         rect = _rect(node.bounds()).intersect(self.canvas)
         if rect.is_empty():
             return Rect(0, 0, 1, 1), b"\0"

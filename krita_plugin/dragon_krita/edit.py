@@ -56,9 +56,7 @@ class EditSettings:
         )
         for name, value, (low, high) in ranges:
             if not low <= value <= high:
-                raise PluginError(
-                    "bad_parameter", detail=f"{name} must be from {low:g} to {high:g} (it is {value:g})."
-                )
+                raise PluginError("bad_parameter", detail=f"{name} must be from {low:g} to {high:g} (it is {value:g}).")
         if len(self.prompt) > protocol_limits.MAX_TEXT_LENGTH:
             raise PluginError(
                 "bad_parameter",
@@ -229,9 +227,7 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
     return PreparedEdit(message, region, layer_name(settings, arrows), arrows)
 
 
-def result_layer(
-    region: Rect, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes
-) -> Tuple[Rect, bytes]:
+def result_layer(region: Rect, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes) -> Tuple[Rect, bytes]:
     """Where the result goes in the document and its B,G,R,A bytes, alpha = blend mask."""
     x, y, width, height = box
     if len(rgba) != width * height * 4 or len(mask) != width * height:

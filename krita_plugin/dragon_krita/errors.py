@@ -31,21 +31,17 @@ MESSAGES: Dict[str, str] = {
     ),
     "short_arrow": "An arrow on the guide layer {detail} is too short to show a direction; draw it longer.",
     "bad_guide_svg": "An arrow on the guide layer could not be read ({detail}); redraw it as a simple line.",
-    "bad_resolution": (
-        "The image has no usable resolution ({detail}); set one in Image > Scale Image To New Size."
-    ),
+    "bad_resolution": ("The image has no usable resolution ({detail}); set one in Image > Scale Image To New Size."),
     "no_reference": "Choose a reference layer for {detail} in the DragonDiffusion docker.",
     "reference_is_source": "The reference layer must be a different layer from the one being edited.",
     "empty_reference": "The reference layer {detail} is empty; paint or paste the reference object there.",
     "bad_parameter": "{detail}",
     "not_connected": "Not connected to a DragonDiffusion server; check the address and press Connect.",
     "cannot_connect": (
-        "Cannot reach the DragonDiffusion server at {detail}. Is `dragon serve` running, and is the "
-        "address right?"
+        "Cannot reach the DragonDiffusion server at {detail}. Is `dragon serve` running, and is the address right?"
     ),
     "timeout": (
-        "The server at {detail} stopped answering. Check that `dragon serve` is still running, "
-        "then press Connect."
+        "The server at {detail} stopped answering. Check that `dragon serve` is still running, then press Connect."
     ),
     "bad_address": "{detail} is not a server address; write it like tcp://127.0.0.1:5555.",
     "bad_key": "Cannot use the key file {detail}; choose the .key_secret / .key files `dragon serve` made.",
@@ -100,6 +96,4 @@ def missing_modules(names: Sequence[str] = REQUIRED_MODULES) -> List[str]:
 def missing_modules_error(missing: Sequence[str], version: Any = sys.version_info) -> PluginError:
     """The docker's message when modules are missing, with the exact command that fixes it."""
     command = f"dragon install-plugin --krita-python {version[0]}.{version[1]}"
-    return PluginError(
-        "missing_modules", detail=", ".join(MODULE_NAMES.get(m, m) for m in missing), command=command
-    )
+    return PluginError("missing_modules", detail=", ".join(MODULE_NAMES.get(m, m) for m in missing), command=command)

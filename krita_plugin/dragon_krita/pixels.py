@@ -28,9 +28,7 @@ rgba_to_bgra = swap_red_blue
 def _check(data: bytes, rect: Rect, channels: int) -> None:
     expected = rect.width * rect.height * channels
     if len(data) != expected:
-        raise ValueError(
-            f"{len(data)} bytes for a {rect.width}x{rect.height}x{channels} buffer (want {expected})"
-        )
+        raise ValueError(f"{len(data)} bytes for a {rect.width}x{rect.height}x{channels} buffer (want {expected})")
 
 
 def copy_into(data: bytes, rect: Rect, target: Rect, channels: int = 1) -> bytes:

@@ -47,9 +47,7 @@ class Rect(NamedTuple):
     def intersect(self, other: Rect) -> Rect:
         """The overlap of both, with zero size when they do not overlap."""
         x, y = max(self.x, other.x), max(self.y, other.y)
-        return Rect(
-            x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y)
-        )
+        return Rect(x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y))
 
     def pad(self, margin: int) -> Rect:
         return Rect(self.x - margin, self.y - margin, self.width + 2 * margin, self.height + 2 * margin)

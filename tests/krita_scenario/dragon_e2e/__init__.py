@@ -168,6 +168,14 @@ class Scenario:
         source = adapter.KritaSource(document, EditSettings(mode="Paste", reference="Ref"))
         rect, mask = source.reference_mask()
         probes["reference_mask"] = [rect.x, rect.y, rect.width, rect.height, sum(1 for v in mask if v)]
+        local = document.createSelectionMask("Ref object")
+        part = Selection()
+        part.select(125, 125, 10, 10, 255)
+        local.setSelection(part)
+        reference.addChildNode(local, None)
+        rect, mask = source.reference_mask()
+        probes["local_selection"] = [rect.x, rect.y, rect.width, rect.height, sum(1 for v in mask if v)]
+        local.remove()
         message = prepare_edit(source.settings, source, "probe").message
         probes["paste"] = [len(message.reference), len(message.reference_mask), list(message.arrows[0])]
         rgba, width, height = adapter.decode_png(message.reference, 4)
