@@ -233,7 +233,7 @@ class RecordingHost(Host):
 
 
 def job(request_id):
-    return Job(PreparedEdit(edit(request_id), Rect(0, 0, 1, 1), "layer", []), document="doc", node="node")
+    return Job(PreparedEdit(edit(request_id), Rect(0, 0, 1, 1), "layer", [], bytes(4)), document="doc", node="node")
 
 
 def test_jobs_follow_replies(router):

@@ -4,10 +4,12 @@ import struct
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dragon_krita import pixels
 from dragon_krita.arrows import arrow_svg
-from dragon_krita.edit import EditSettings, Source, layer_name, prepare_edit, result_layer
+from dragon_krita.edit import EditSettings, PreparedEdit, Source, layer_name, prepare_edit, result_layer
 from dragon_krita.errors import PluginError
 from dragon_krita.region import Rect
 from dragon_protocol import Edit, decode, encode, read_png_header
@@ -194,12 +196,50 @@ def test_layer_names():
     assert layer_name(EditSettings(mode="Drag"), [(0, 0, 1, 1)]).startswith("Dragon Drag (1 arrow,")
 
 
+def prepared_for(region, under_pixel):
+    edit = Edit(id="r", mode="move", image=b"")
+    return PreparedEdit(edit, region, "layer", [], under_pixel * (region.width * region.height))
+
+
 def test_result_layer_places_box_and_sets_alpha_from_mask():
-    region = Rect(100, 50, 64, 64)
+    prepared = prepared_for(Rect(100, 50, 64, 64), bytes([200, 100, 50, 255]))
     rgba = bytes([200, 100, 50, 255]) * 6
-    rect, bgra = result_layer(region, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
+    rect, bgra = result_layer(prepared, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
     assert rect == Rect(110, 70, 3, 2)
     assert bgra[:4] == bytes([50, 100, 200, 0]) and bgra[4:8] == bytes([50, 100, 200, 64])
-    with pytest.raises(PluginError) as info:
-        result_layer(region, (0, 0, 3, 3), rgba, bytes(6))
-    assert info.value.code == "bad_reply"
+    for box in ((0, 0, 3, 3), (62, 0, 3, 2)):
+        with pytest.raises(PluginError) as info:
+            result_layer(prepared, box, rgba, bytes(6))
+        assert info.value.code == "bad_reply"
+
+
+def composite(layer_rgba: bytes, under: bytes) -> bytes:
+    """`layer` drawn over opaque `under`, per byte, as Krita's normal blending does."""
+    out = bytearray(under)
+    for i in range(0, len(layer_rgba), 4):
+        a = layer_rgba[i + 3]
+        for c in range(3):
+            out[i + c] = (layer_rgba[i + c] * a + under[i + c] * (255 - a) + 127) // 255
+    return bytes(out)
+
+
+@given(
+    st.lists(
+        st.tuples(st.binary(min_size=3, max_size=3), st.binary(min_size=3, max_size=3), st.integers(0, 255)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_result_layer_over_the_source_gives_the_servers_picture(pixels_):
+    edited = b"".join(e + b"\xff" for e, _, _ in pixels_)
+    under = b"".join(u + b"\xff" for _, u, _ in pixels_)
+    mask = bytes(m for _, _, m in pixels_)
+    blended = composite(pixels.with_alpha(edited, mask), under)  # what the server sends back
+    layer = pixels.unblend(blended, under, mask)
+    again = composite(pixels.with_alpha(layer, mask), under)
+    assert all(abs(a - b) <= 1 for a, b in zip(again, blended))
+
+
+def test_unblend_checks_sizes():
+    with pytest.raises(ValueError):
+        pixels.unblend(bytes(8), bytes(4), bytes(2))

@@ -313,7 +313,7 @@ class Controller(Host):
             raise PluginError("nothing_changed")
         rgba, width, height = decode_png(result.image, 4)
         mask, _, _ = decode_png(result.mask, 1, (width, height))
-        rect, bgra = result_layer(job.prepared.region, tuple(result.box), rgba, mask)
+        rect, bgra = result_layer(job.prepared, tuple(result.box), rgba, mask)
         layer = job.extra.get("preview")
         job.extra["preview"] = None
         if layer is not None and layer.parentNode() is not None:

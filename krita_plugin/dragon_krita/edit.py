@@ -106,6 +106,8 @@ class PreparedEdit:
     region: Rect
     layer_name: str
     arrows: List[Arrow]
+    image: bytes
+    """The region's R,G,B,A pixels as sent, to unmix the result's soft edges against."""
 
 
 def _selection_mask(source: Source) -> Optional[Tuple[Rect, bytes, Rect]]:
@@ -224,12 +226,21 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         context=settings.context,
         preview_interval=1.0 if settings.preview else 0.0,
     )
-    return PreparedEdit(message, region, layer_name(settings, arrows), arrows)
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba)
 
 
-def result_layer(region: Rect, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes) -> Tuple[Rect, bytes]:
-    """Where the result goes in the document and its B,G,R,A bytes, alpha = blend mask."""
+def result_layer(
+    prepared: PreparedEdit, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes
+) -> Tuple[Rect, bytes]:
+    """Where the result goes in the document and its B,G,R,A bytes: unmixed colour, alpha = blend mask.
+
+    Drawn over the edited layer, the new layer gives exactly the server's edited picture.
+    """
     x, y, width, height = box
     if len(rgba) != width * height * 4 or len(mask) != width * height:
         raise PluginError("bad_reply", detail=f"result pixels do not match its {width}x{height} box")
-    return result_rect(region, x, y, width, height), pixels.rgba_to_bgra(pixels.with_alpha(rgba, mask))
+    rect = result_rect(prepared.region, x, y, width, height)
+    if prepared.region.intersect(rect) != rect:
+        raise PluginError("bad_reply", detail=f"result box {box} lies outside the image sent")
+    under = pixels.copy_into(prepared.image, prepared.region, rect, channels=4)
+    return rect, pixels.rgba_to_bgra(pixels.with_alpha(pixels.unblend(rgba, under, mask), mask))
