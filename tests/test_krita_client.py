@@ -293,8 +293,8 @@ def test_jobs_report_bad_addresses():
 
 def test_server_error_wording_and_ids():
     assert server_error(Error(id="x", code="queue_full", message="full")).code == "server_busy"
-    assert server_error(Error(id="x", code="out_of_memory", message="oom")).code == "server_error"
-    assert "oom" in str(server_error(Error(id="x", code="out_of_memory", message="oom")))
+    assert server_error(Error(id="x", code="out_of_memory", message="oom")).code == "server_memory"
+    assert "oom" in str(server_error(Error(id="x", code="internal_error", message="oom")))
     assert server_error(Error(id="x", code="model_unavailable", message="no weights")).code == "server_model"
     assert "tiny on cpu" in welcome_text(welcome())
     ids = {new_request_id() for _ in range(100)}

@@ -56,6 +56,9 @@ MESSAGES: Dict[str, str] = {
     "cancelled": "Edit cancelled.",
     "server_bad_input": "The server refused the edit: {detail}",
     "server_model": "The server cannot load its model: {detail}",
+    "server_memory": (
+        "The server ran out of graphics memory for this edit; select a smaller object or move it a shorter way."
+    ),
     "server_busy": "The server is busy with too many edits; wait for one to finish and try again.",
     "server_error": "The server failed during the edit: {detail}",
     "bad_reply": "The server sent something the plugin does not understand ({detail}); update both.",

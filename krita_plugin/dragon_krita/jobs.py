@@ -23,6 +23,7 @@ SERVER_ERRORS = {
     "bad_image": "server_bad_input",
     "image_too_large": "server_bad_input",
     "model_unavailable": "server_model",
+    "out_of_memory": "server_memory",
     "queue_full": "server_busy",
     "shutting_down": "server_busy",
     "unsupported_version": "version_mismatch",
