@@ -147,6 +147,8 @@ def test_silent_server_gets_a_ping_then_times_out(router):
     assert client.poll() == []
     _, ping = receive(router)
     assert ping.type == "ping"
+    _, fetch = receive(router)
+    assert fetch.type == "fetch" and fetch.id == "e1"
     clock.now = 25
     assert client.poll() == [], "one ping per silence"
     clock.now = 31
@@ -248,7 +250,7 @@ def test_jobs_follow_replies(router):
     while not jobs.client.connected and time.monotonic() < deadline:
         jobs.poll()
     assert host.calls[-1] == ("connection", True, "Connected: tiny on cpu (float32), 2 queued, 0 running")
-    for request_id in ("a", "b", "c", "d", "e"):
+    for request_id in ("a", "b", "c", "d", "e", "e2"):
         jobs.submit(job(request_id))
         receive(router)
     replies = [
@@ -258,6 +260,7 @@ def test_jobs_follow_replies(router):
         Result(id="b", image=None, mask=None, box=(0, 0, 0, 0), size=(1, 1), working_size=(1, 1)),
         Error(id="c", code="bad_input", message="the mask is empty"),
         Cancelled(id="d", reason="client"),
+        Error(id="e", code="unknown_request", message="no such edit"),
         Error(id=None, code="bad_message", message="what?"),
         Accepted(id="unknown", position=0),
     ]
@@ -274,7 +277,8 @@ def test_jobs_follow_replies(router):
     assert ("failed", "c", "server_bad_input") in calls
     assert ("failed", "d", "cancelled") in calls
     assert any(c[0] == "connection" and "what?" in c[2] for c in calls)
-    assert [j.id for j in jobs.running()] == ["e"]
+    assert ("failed", "e", "server_lost") in calls
+    assert [j.id for j in jobs.running()] == ["e2"]
     jobs.cancel()
     assert receive(router)[1].type == "cancel"
     jobs.drop(lambda j: j.document == "doc")
@@ -298,4 +302,4 @@ def test_server_error_wording_and_ids():
     assert server_error(Error(id="x", code="model_unavailable", message="no weights")).code == "server_model"
     assert "tiny on cpu" in welcome_text(welcome())
     ids = {new_request_id() for _ in range(100)}
-    assert len(ids) == 100 and all(len(i) <= 64 for i in ids)
+    assert len(ids) == 100 and all(len(i) == 32 for i in ids)

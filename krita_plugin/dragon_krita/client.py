@@ -2,7 +2,8 @@
 
 Krita's GUI thread calls `poll()` from a timer; it reads whatever has arrived and returns at once.
 Liveness is tracked here too: no `welcome` soon after connecting means the server is not there, and
-silence while edits are outstanding is answered with a `ping` and then reported as a timeout.
+silence while edits are outstanding is answered with a `ping` (and a `fetch` of each edit, which a
+restarted server answers with `unknown_request`) and then reported as a timeout.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import zmq
 
-from dragon_protocol import Cancel, Edit, Hello, Message, Ping, Pong, ProtocolError, Welcome, decode, encode
+from dragon_protocol import Cancel, Edit, Fetch, Hello, Message, Ping, Pong, ProtocolError, Welcome, decode, encode
 
 from .errors import PluginError
 
@@ -174,6 +175,8 @@ class Client:
         if not self._pinged:
             self._pinged = True
             self._send(Ping(nonce=next(self._nonces)))
+            for request_id in sorted(self.outstanding):  # a restarted server answers unknown_request
+                self._send(Fetch(id=request_id))
             return []
         if silent > 2 * self.timeout:
             self.close()

@@ -59,6 +59,7 @@ MESSAGES: Dict[str, str] = {
     "server_memory": (
         "The server ran out of graphics memory for this edit; select a smaller object or move it a shorter way."
     ),
+    "server_lost": "The server no longer knows this edit (was it restarted?); press Edit again.",
     "server_busy": "The server is busy with too many edits; wait for one to finish and try again.",
     "server_error": "The server failed during the edit: {detail}",
     "bad_reply": "The server sent something the plugin does not understand ({detail}); update both.",

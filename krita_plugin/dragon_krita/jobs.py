@@ -6,8 +6,7 @@ errors. It has no Qt in it, so queuing, cancelling and lost connections are test
 
 from __future__ import annotations
 
-import itertools
-import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -27,6 +26,7 @@ SERVER_ERRORS = {
     "queue_full": "server_busy",
     "shutting_down": "server_busy",
     "unsupported_version": "version_mismatch",
+    "unknown_request": "server_lost",
 }
 """Server error codes and the painter's wording for them; any other code is `server_error`."""
 
@@ -82,11 +82,8 @@ class Host:
 
 
 def new_request_id() -> str:
-    """A request id unique across Krita sessions talking to one server."""
-    return f"krita-{os.getpid()}-{next(_counter)}-{os.urandom(3).hex()}"
-
-
-_counter = itertools.count(1)
+    """An unguessable request id (UUID4 in hex), as the protocol asks: ids are the only guard on cancel."""
+    return uuid.uuid4().hex
 
 
 class Jobs:
