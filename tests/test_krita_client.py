@@ -281,8 +281,8 @@ def test_jobs_follow_replies(router):
     assert [j.id for j in jobs.running()] == ["e2"]
     jobs.cancel()
     assert receive(router)[1].type == "cancel"
-    jobs.drop(lambda j: j.document == "doc")
-    assert jobs.running() == []
+    jobs.drop(lambda j: j.document == "doc", PluginError("document_closed"))
+    assert jobs.running() == [] and host.calls[-1] == ("failed", "e2", "document_closed")
     jobs.submit(job("f"))
     jobs.disconnect()
     assert host.calls[-1] == ("failed", "f", "not_connected")

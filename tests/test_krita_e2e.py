@@ -208,3 +208,4 @@ def test_move_edit_in_real_krita(tmp_path, server, display):
     assert probes["arrows"][1:] == [[10.0, 0.0, 30.0, 0.0], [10.0, 10.0, 10.0, 30.0]], "grouped arrows"
     assert probes["vector_active"] == "no_paint_layer"
     assert "8-bit" in probes["u16"] and "U16" in probes["u16"]
+    assert report["closed_edit"] == [True, "document_closed"], "closing the image drops its edit cleanly"

@@ -250,7 +250,9 @@ class Controller(Host):
 
     def _documents_changed(self) -> None:
         open_documents = Krita.instance().documents()
-        self.jobs.drop(lambda job: not any(_same(job.document, d) for d in open_documents))
+        self.jobs.drop(
+            lambda job: not any(_same(job.document, d) for d in open_documents), PluginError("document_closed")
+        )
 
     # Host: called by Jobs from the timer.
 
@@ -265,8 +267,11 @@ class Controller(Host):
     def job_changed(self, job: Job) -> None:
         self._notify("jobs_changed", self.jobs.running())
 
+    def _document_open(self, job: Job) -> bool:
+        return any(_same(job.document, d) for d in Krita.instance().documents())
+
     def _check_alive(self, job: Job) -> None:
-        if not any(_same(job.document, d) for d in Krita.instance().documents()):
+        if not self._document_open(job):
             raise PluginError("document_closed")
         if job.node.parentNode() is None:
             raise PluginError("layer_gone")
@@ -333,10 +338,8 @@ class Controller(Host):
             callback(layer, None)
 
     def job_failed(self, job: Job, error: PluginError) -> None:
-        try:
+        if self._document_open(job):  # a closed document's layers are gone with it
             self._remove_preview(job)
-        except RuntimeError:
-            pass  # the document is gone; nothing to clean
         self._notify("job_finished", job, None, error)
         callback = job.extra.get("on_done")
         if callback:

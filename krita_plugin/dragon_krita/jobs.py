@@ -130,12 +130,17 @@ class Jobs:
                 self.client.cancel(job.id)
                 self.host.job_changed(job)
 
-    def drop(self, predicate: Callable[[Job], bool]) -> None:
-        """Cancel and forget jobs whose document or layer went away, so nothing touches them later."""
+    def drop(self, predicate: Callable[[Job], bool], error: Optional[PluginError] = None) -> None:
+        """Cancel and forget jobs whose document went away, so nothing touches them later.
+
+        With `error`, the host hears that each dropped job failed with it.
+        """
         for job in [j for j in self.jobs.values() if predicate(j)]:
             if self.client is not None:
                 self.client.cancel(job.id)
             del self.jobs[job.id]
+            if error is not None:
+                self.host.job_failed(job, error)
 
     def poll(self) -> None:
         """Handle whatever the server sent; call from a GUI timer."""

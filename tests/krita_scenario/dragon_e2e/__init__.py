@@ -150,7 +150,20 @@ class Scenario:
         self.report["after_undo"] = names(self.document)
         self.step("undo")
         self.probe()
-        self.finish()
+        QTimer.singleShot(100, self.guarded(self.close_during_edit))
+
+    def close_during_edit(self):
+        """Start an edit and close its document at once: the edit ends with a message, Krita lives on."""
+        document = self.document
+        document.setActiveNode(self.source())
+        self.report["closed_edit"] = None
+        self.dragon.edit("Move", steps=STEPS, preview=True, on_done=self.guarded(self.closed))
+        document.setModified(False)
+        document.close()
+        QTimer.singleShot(3000, self.guarded(self.finish))
+
+    def closed(self, layer, error):
+        self.report["closed_edit"] = [layer is None, error.code if error else None]
 
     def probe(self):
         """The document adapter's other inputs, read in real Krita without running edits."""
