@@ -209,3 +209,5 @@ def test_move_edit_in_real_krita(tmp_path, server, display):
     assert probes["vector_active"] == "no_paint_layer"
     assert "8-bit" in probes["u16"] and "U16" in probes["u16"]
     assert report["closed_edit"] == [True, "document_closed"], "closing the image drops its edit cleanly"
+    assert "Edit sent; you can keep painting." in report["docker_after_click"]
+    assert any("image was closed" in text for text in report["docker_after_close"]), report["docker_after_close"]

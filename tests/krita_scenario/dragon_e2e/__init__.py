@@ -12,7 +12,7 @@ import traceback
 
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import QLabel
+from PyQt5.QtWidgets import QLabel, QPushButton
 
 REPORT = os.environ.get("DRAGON_E2E_REPORT", "")
 SERVER = os.environ.get("DRAGON_E2E_SERVER", "")
@@ -158,9 +158,23 @@ class Scenario:
         document.setActiveNode(self.source())
         self.report["closed_edit"] = None
         self.dragon.edit("Move", steps=STEPS, preview=True, on_done=self.guarded(self.closed))
+        (edit_button,) = [b for b in self.docker().findChildren(QPushButton) if b.text() == "Edit"]
+        edit_button.click()  # a second edit, queued through the docker
+        self.report["docker_after_click"] = self.docker_texts()
         document.setModified(False)
         document.close()
-        QTimer.singleShot(3000, self.guarded(self.finish))
+        QTimer.singleShot(3000, self.guarded(self.after_close))
+
+    def docker(self):
+        (docker,) = [d for d in Krita.instance().dockers() if d.windowTitle() == "DragonDiffusion"]
+        return docker
+
+    def docker_texts(self):
+        return [label.text() for label in self.docker().findChildren(QLabel)]
+
+    def after_close(self):
+        self.report["docker_after_close"] = self.docker_texts()
+        self.finish()
 
     def closed(self, layer, error):
         self.report["closed_edit"] = [layer is None, error.code if error else None]
