@@ -199,7 +199,9 @@ def test_move_edit_in_real_krita(tmp_path, server, display):
     assert report["after_undo"] == before, "one undo must remove the new layer"
 
     probes = report["probes"]
-    assert probes["reference_mask"][4] == 30 * 30, "the reference object is the reference layer's opaque pixels"
+    assert probes["reference_mask"] == [60, 60, 30, 30, 900], (
+        "the reference object is the reference layer's opaque pixels"
+    )
     assert probes["local_selection"] == [125, 125, 10, 10, 100], "or else its own local selection"
     reference_width, reference_height, first_pixel = probes["reference_png"]
     assert (reference_width, reference_height) == (94, 94) and first_pixel[3] == 0

@@ -160,6 +160,7 @@ def test_paste_arrow_starts_in_reference_and_ends_in_image():
         (EditSettings(mode="Appearance"), FakeDocument(), "no_reference"),
         (EditSettings(mode="Appearance", reference="Paint"), FakeDocument(), "reference_is_source"),
         (EditSettings(mode="Paste", reference="Ref"), FakeDocument(), "empty_reference"),
+        (EditSettings(mode="Paste", reference="Ref"), FakeDocument(reference=Rect(150, 100, 20, 20)), "paste_start"),
         (EditSettings(mode="Move", steps=0), FakeDocument(), "bad_parameter"),
         (EditSettings(mode="Move", scale=20), FakeDocument(), "bad_parameter"),
         (EditSettings(mode="Warp"), FakeDocument(), "bad_parameter"),

@@ -16,7 +16,7 @@ from dragon_protocol import limits as protocol_limits
 from . import pixels
 from .arrows import Arrow, arrows_from_svg
 from .errors import PluginError
-from .region import Rect, edit_region, paste_arrows, relative_arrows, result_rect, with_context
+from .region import Rect, bounding_rect, edit_region, paste_arrows, relative_arrows, result_rect, with_context
 
 MODE_LABELS = ("Move", "Resize", "Drag", "Appearance", "Paste")
 """The docker's modes; Resize is a move with a scale."""
@@ -181,6 +181,9 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         reference_box = found.translate(ref_rect.x, ref_rect.y)
         reference_region = with_context(reference_box, source.canvas, settings.context)
         reference_data = pixels.copy_into(reference_data, ref_rect, reference_region)
+        start = bounding_rect([arrows[0][0]], [arrows[0][1]]) if mode == "paste" else reference_box
+        if reference_box.pad(1).intersect(start).is_empty():
+            raise PluginError("paste_start", detail=repr(settings.reference))
     region = edit_region(
         mode,
         source.canvas,

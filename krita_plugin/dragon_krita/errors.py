@@ -35,6 +35,7 @@ MESSAGES: Dict[str, str] = {
     "no_reference": "Choose a reference layer for {detail} in the DragonDiffusion docker.",
     "reference_is_source": "The reference layer must be a different layer from the one being edited.",
     "empty_reference": "The reference layer {detail} is empty; paint or paste the reference object there.",
+    "paste_start": "Start the paste arrow on the object in the reference layer {detail}; end it at its new place.",
     "bad_parameter": "{detail}",
     "not_connected": "Not connected to a DragonDiffusion server; check the address and press Connect.",
     "cannot_connect": (

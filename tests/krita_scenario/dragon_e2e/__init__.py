@@ -189,7 +189,7 @@ class Scenario:
         document = self.document
         probes = self.report["probes"] = {}
         reference = document.createNode("Ref", "paintlayer")
-        reference.setPixelData(b"\xff\x00\x00\xff" * 30 * 30, 120, 120, 30, 30)
+        reference.setPixelData(b"\xff\x00\x00\xff" * 30 * 30, 60, 60, 30, 30)
         document.rootNode().addChildNode(reference, None)
         document.setActiveNode(self.source())
         source = adapter.KritaSource(document, EditSettings(mode="Paste", reference="Ref"))
