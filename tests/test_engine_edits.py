@@ -128,14 +128,16 @@ def test_cancel_stops_within_one_step(tiny_engine, stage, at):
 
 def test_preview_decodes_the_current_estimate(tiny_engine):
     image, mask = make_scene()
-    previews = []
+    previews, boxes = [], []
 
     def progress(event):
         if event.stage == "sampling" and event.step == 2:
             previews.append(event.preview())
+            boxes.append(event.preview_box)
 
     tiny_engine.edit(EditRequest(Mode.MOVE, image, mask=mask, arrows=[(45, 55, 85, 60)], steps=4), progress=progress)
     assert previews and previews[0].mode == "RGB" and previews[0].size[0] % 64 == 0
+    assert boxes == [(0, 0, 128, 128)]
 
 
 def _rgba(image, alpha):

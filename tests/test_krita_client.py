@@ -219,8 +219,8 @@ class RecordingHost(Host):
     def job_changed(self, job):
         self.calls.append(("changed", job.id, job.state))
 
-    def job_preview(self, job, png):
-        self.calls.append(("preview", job.id))
+    def job_preview(self, job, png, box):
+        self.calls.append(("preview", job.id, box))
 
     def job_result(self, job, result):
         if result.box == (0, 0, 0, 0):
@@ -255,7 +255,7 @@ def test_jobs_follow_replies(router):
         receive(router)
     replies = [
         Accepted(id="a", position=1),
-        Progress(id="a", stage="sampling", step=2, total=4, preview=PNG),
+        Progress(id="a", stage="sampling", step=2, total=4, preview=PNG, preview_box=(0, 0, 1, 1)),
         Result(id="a", image=PNG, mask=PNG, box=(0, 0, 1, 1), size=(1, 1), working_size=(1, 1)),
         Result(id="b", image=None, mask=None, box=(0, 0, 0, 0), size=(1, 1), working_size=(1, 1)),
         Error(id="c", code="bad_input", message="the mask is empty"),
@@ -272,7 +272,7 @@ def test_jobs_follow_replies(router):
     jobs.poll()
     calls = [c for c in host.calls if c[0] != "changed" or c[1] == "a"]
     assert ("changed", "a", "queued") in calls and ("changed", "a", "running") in calls
-    assert ("preview", "a") in calls and ("result", "a") in calls
+    assert ("preview", "a", (0, 0, 1, 1)) in calls and ("result", "a") in calls
     assert ("failed", "b", "nothing_changed") in calls
     assert ("failed", "c", "server_bad_input") in calls
     assert ("failed", "d", "cancelled") in calls

@@ -75,7 +75,7 @@ EXAMPLES = [
          arrows=[(1.5, 2.0, 3.0, 4.0)], prompt="a cat", steps=30, seed=2**40, strength=1.5, scale=2.0, context=0.5,
          working_area=512 * 512, settings={"w_edit": 3.0, "drag_patch": 2}, preview_interval=0.5, preview_size=128),
     Accepted(id="x", position=3),
-    Progress(id="x", stage="sampling", step=4, total=50, preview=png()),
+    Progress(id="x", stage="sampling", step=4, total=50, preview=png(), preview_box=(10, 20, 300, 200)),
     Progress(id="x", stage="inversion", step=1, total=50),
     Result(id="x", image=png(), mask=png("L"), box=(1, 2, 32, 24), size=(640, 480), working_size=(512, 384),
            timings={"total": 1.5}, unet_evaluations={"forward": 100}),

@@ -100,7 +100,8 @@ def test_progress_comes_with_previews_at_the_asked_rate(client):
     assert [p.step for p in sampling] == list(range(1, 7)) and all(p.total == 6 for p in sampling)
     previews = [Image.open(kit.io.BytesIO(p.preview)) for p in sampling]
     assert previews and max(previews[0].size) <= 32
-    assert all(p.preview is None for p in progress if p.stage != "sampling")
+    assert all(p.preview_box == (0, 0, 128, 128) for p in sampling)  # the whole 128 px scene is edited
+    assert all(p.preview is None and p.preview_box is None for p in progress if p.stage != "sampling")
 
 
 def test_cancel_queued_and_running_while_pings_stay_instant(client):

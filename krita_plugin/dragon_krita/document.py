@@ -288,13 +288,14 @@ class Controller(Host):
         if preview is not None and preview.parentNode() is not None:
             preview.remove()
 
-    def job_preview(self, job: Job, png: bytes) -> None:
+    def job_preview(self, job: Job, png: bytes, box: Tuple[int, int, int, int]) -> None:
         try:
             self._check_alive(job)
         except PluginError:
             return
-        region = job.prepared.region
-        rgba, _, _ = decode_png(png, 4, (region.width, region.height))
+        x, y, width, height = box
+        region = Rect(job.prepared.region.x + x, job.prepared.region.y + y, width, height)
+        rgba, _, _ = decode_png(png, 4, (width, height))
         preview = job.extra.get("preview")
         if preview is None:
             preview = job.document.createNode(PREVIEW_LAYER_NAME, "paintlayer")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dragon_protocol import Accepted, Cancelled, Error, Progress, Result, Welcome
 
@@ -68,8 +68,8 @@ class Host:
     def job_changed(self, job: Job) -> None:
         """A job's state or progress changed (update the progress bar)."""
 
-    def job_preview(self, job: Job, png: bytes) -> None:
-        """A preview image of the edited region arrived."""
+    def job_preview(self, job: Job, png: bytes, box: Tuple[int, int, int, int]) -> None:
+        """A preview image arrived, of `box` (x, y, width, height) in the pixels of the image sent."""
 
     def job_result(self, job: Job, result: Result) -> None:
         """The final result arrived; insert it (or raise PluginError if it cannot be)."""
@@ -171,8 +171,8 @@ class Jobs:
             job.state = "queued" if event.position else "running"
         elif isinstance(event, Progress):
             job.state, job.stage, job.step, job.total = "running", event.stage, event.step, event.total
-            if event.preview:
-                self.host.job_preview(job, event.preview)
+            if event.preview and event.preview_box:
+                self.host.job_preview(job, event.preview, event.preview_box)
         elif isinstance(event, Result):
             del self.jobs[job.id]
             job.state = "done"

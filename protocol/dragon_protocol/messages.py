@@ -300,7 +300,8 @@ class Accepted(Message):
 
 @dataclass
 class Progress(Message):
-    """Server -> client: the edit is at `step` of `total` in `stage`; `preview` is an optional PNG."""
+    """Server -> client: the edit is at `step` of `total` in `stage`; `preview` is an optional PNG of
+    the part of the edit's image given by `preview_box` (x, y, width, height)."""
 
     type: ClassVar[str] = "progress"
     id: str
@@ -308,6 +309,7 @@ class Progress(Message):
     step: int
     total: int
     preview: Optional[bytes] = None
+    preview_box: Optional[Tuple[int, int, int, int]] = None
 
     @classmethod
     def _read(cls, r: _Reader) -> Progress:
@@ -317,6 +319,7 @@ class Progress(Message):
             step=r.integer("step"),
             total=r.integer("total"),
             preview=r.blob("preview", None),
+            preview_box=r.ints("preview_box", 4) if r.obj.get("preview_box") is not None else None,
         )
 
 

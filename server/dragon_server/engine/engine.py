@@ -98,11 +98,14 @@ class Engine:
         runner = self.runner
         runner.counts.clear()
 
+        fx0, fy0, fx1, fy1 = plan.frame.box
+        preview_box = (fx0, fy0, fx1 - fx0, fy1 - fy0)
+
         def report(stage: str, step: int, total: int, preview=None) -> None:
             if cancel is not None and cancel():
                 raise EditCancelled()
             if progress is not None:
-                progress(ProgressEvent(stage, step, total, preview))
+                progress(ProgressEvent(stage, step, total, preview, preview_box if preview else None))
 
         report("encode", 0, 1)
         timeline = Timeline.build(self.components.scheduler, request.steps, self.components.device)

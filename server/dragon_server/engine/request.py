@@ -93,7 +93,10 @@ class ProgressEvent:
     step: int
     total: int
     preview: Optional[Callable[[], Image.Image]] = None
-    """Decodes the current estimate of the edited region; set during sampling, costs one VAE decode."""
+    """Decodes the current estimate of the region of interest (at the working size); set during
+    sampling, costs one VAE decode."""
+    preview_box: Optional[Tuple[int, int, int, int]] = None
+    """(x, y, width, height) in the input image's pixels that the preview shows."""
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

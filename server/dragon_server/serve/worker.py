@@ -6,6 +6,7 @@ which the socket loop picks up (see server.py), so pings and cancels never wait 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from dragon_server.engine import (
     Mode,
     ProgressEvent,
 )
+from dragon_server.serve.faults import Faults
 from dragon_server.serve.images import image_to_png, png_to_image
 from dragon_server.serve.jobs import Job, JobQueue
 
@@ -45,13 +47,17 @@ class Worker(threading.Thread):
     """Loads the engine, then takes jobs from `jobs` until the queue is closed."""
 
     def __init__(self, model: str, device: str, jobs: JobQueue, post: Callable[[WorkerEvent], None],
-                 cache_bytes: Optional[int] = None):
+                 cache_bytes: Optional[int] = None, faults: Optional[Faults] = None):
         super().__init__(name="dragon-worker", daemon=True)
         self.model = model
         self.device = device
         self.cache_bytes = cache_bytes
         self.jobs = jobs
         self.post = post
+        self.faults = faults or Faults()
+        """Test-only faults to inject (see faults.py); none in normal use."""
+        self.runs = 0
+        """Edits started so far, numbering them for the fault injection."""
         self.engine: Optional[Engine] = None
 
     def run(self) -> None:
@@ -81,6 +87,7 @@ class Worker(threading.Thread):
         """Run one job; return its encoded terminal message and a word for the log."""
         edit = job.edit
         waited = time.monotonic() - job.received
+        self.runs += 1
         try:
             request = to_engine_request(edit)
             log.info(
@@ -93,18 +100,25 @@ class Worker(threading.Thread):
             return encode(Cancelled(id=edit.id, reason=job.cancel_reason)), "cancelled"
         except (ProtocolError, EditError) as error:
             return encode(Error(id=edit.id, code=error.code, message=_one_line(error))), error.code
-        except torch.cuda.OutOfMemoryError:
-            return self._out_of_memory(edit), OUT_OF_MEMORY
+        except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+            log.warning("request %s: out of memory: %s", edit.id, _one_line(error))
         except RuntimeError as error:
-            if "out of memory" in str(error):
-                return self._out_of_memory(edit), OUT_OF_MEMORY
-            log.exception("request %s failed unexpectedly", edit.id)
-            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+            if "out of memory" not in str(error):
+                log.exception("request %s failed unexpectedly", edit.id)
+                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+            log.warning("request %s: out of memory: %s", edit.id, _one_line(error))
         except Exception as error:  # a bug must fail this request only, never the server
             log.exception("request %s failed unexpectedly", edit.id)
             return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+        return self._out_of_memory(edit), OUT_OF_MEMORY
 
     def _out_of_memory(self, edit: Edit) -> bytes:
+        """Free what the failed edit held, then its `out_of_memory` error.
+
+        Called after the except block has ended: until then the traceback's frames keep the edit's
+        tensors alive, and emptying the allocator's cache would free nothing.
+        """
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         message = "out of accelerator memory for this edit; use a smaller working area or fewer steps"
@@ -113,16 +127,19 @@ class Worker(threading.Thread):
     def _progress(self, job: Job) -> Callable[[ProgressEvent], None]:
         """The engine's progress callback for `job`: posts progress, with previews at the asked rate."""
         edit = job.edit
+        run = self.runs
         last_preview = [float("-inf")]
 
         def report(event: ProgressEvent) -> None:
+            self.faults.at_step(run, event.stage)
             preview = None
             now = time.monotonic()
             if edit.preview_interval > 0 and event.preview is not None:
                 if now - last_preview[0] >= edit.preview_interval:
                     last_preview[0] = now
                     preview = _preview_png(event, edit.preview_size)
-            message = Progress(edit.id, event.stage, event.step, event.total, preview)
+            box = event.preview_box if preview is not None else None
+            message = Progress(edit.id, event.stage, event.step, event.total, preview, box)
             self.post(WorkerEvent("progress", job, encode(message)))
 
         return report
