@@ -30,11 +30,6 @@ def rss_kib(pid: int) -> int:
     return _status_field(pid, "VmRSS")
 
 
-def peak_rss_kib(pid: int) -> int:
-    """Peak resident memory of process `pid` in KiB (Linux /proc)."""
-    return _status_field(pid, "VmHWM")
-
-
 def _status_field(pid: int, name: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -61,7 +61,15 @@ def run(args: argparse.Namespace) -> int:
         binds = _endpoints(args)
     except (EndpointError, keys.KeyFileError) as error:
         return _fail(str(error), 2)
-    from dragon_server.serve.server import BindError, Server, ServerConfig  # imports torch: only when serving
+    from dragon_server.serve.faults import Faults, FaultSpecError  # imports torch: only when serving
+    from dragon_server.serve.server import BindError, Server, ServerConfig
+
+    try:
+        faults = Faults.from_environment()
+    except FaultSpecError as error:
+        return _fail(str(error), 2)
+    if faults:
+        log.warning("WARNING: test-only fault injection is on (DRAGON_TEST_FAULTS): %s", faults)
 
     config = ServerConfig(
         binds=binds,
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_clients=args.allowed_clients,
         max_message_bytes=args.max_message_mb * 2**20,
         cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
+        faults=faults,
     )
     server = Server(config)
     try:

@@ -26,6 +26,8 @@ from dragon_server.serve.link import LinkError, ServerLink, no_answer
 
 KEEPALIVE_INTERVAL = 2.0
 CANCEL_WAIT = 10.0
+RESUBMITS = 3
+"""How many times an edit is sent again to a server that stopped or restarted and so lost it."""
 _ERRORS = {InputError.code: InputError, ModelError.code: ModelError}
 
 
@@ -41,20 +43,23 @@ def run_remote_edit(
 
     `progress` gets the server's progress events. While the edit waits or runs, silence is met with a
     `fetch` every KEEPALIVE_INTERVAL seconds (answered at once, even by a busy server); `timeout`
-    seconds with no answer at all raise EditError (code "unreachable"). Ctrl-C sends `cancel`, waits
-    briefly for the server to confirm, then raises KeyboardInterrupt. Errors the server reports are
-    raised as InputError, ModelError, EditCancelled or EditError with the server's code.
+    seconds with no answer at all raise EditError (code "unreachable"). A server that stops
+    (`cancelled` for shutdown) or comes back without the edit (`unknown_request`: it restarted) gets
+    the edit again once it answers, up to RESUBMITS times: the ZeroMQ link reconnects by itself.
+    Ctrl-C sends `cancel`, waits briefly for the server to confirm, then raises KeyboardInterrupt.
+    Errors the server reports are raised as InputError, ModelError, EditCancelled or EditError with
+    the server's code.
     """
     edit = edit_message(request, uuid.uuid4().hex)
     try:
         with ServerLink(server, server_key, client_key) as link:
             link.send(edit)
             try:
-                return _follow(link, request, edit.id, progress, timeout)
+                return _follow(link, request, edit, progress, timeout, resubmits=RESUBMITS)
             except KeyboardInterrupt:
                 link.send(Cancel(id=edit.id))
                 try:
-                    _follow(link, request, edit.id, None, CANCEL_WAIT, give_up=time.monotonic() + CANCEL_WAIT)
+                    _follow(link, request, edit, None, CANCEL_WAIT, give_up=time.monotonic() + CANCEL_WAIT)
                 except EditError:  # the expected `cancelled`, or the server is gone: stop either way
                     pass
                 raise
@@ -65,25 +70,44 @@ def run_remote_edit(
 def _follow(
     link: ServerLink,
     request: EditRequest,
-    request_id: str,
+    edit: Edit,
     progress: Optional[Callable[[ProgressEvent], None]],
     timeout: float,
     give_up: float = float("inf"),
+    resubmits: int = 0,
 ) -> Optional[EditResult]:
-    """Read the server's messages about `request_id` until its terminal one (or `give_up`)."""
+    """Read the server's messages about `edit` until its terminal one (or `give_up`).
+
+    A server that lost the edit gets it again, at most `resubmits` times; while one resubmission is
+    unanswered, further `unknown_request` answers (to keep-alives queued during the outage) are ignored.
+    """
+    request_id = edit.id
     heard = time.monotonic()
+    resubmitted = stopped = False
     while time.monotonic() < give_up:
         message = link.receive(KEEPALIVE_INTERVAL)
         now = time.monotonic()
         if message is None:
             if now - heard > timeout:
-                raise EditError(no_answer(link.server, timeout), code="unreachable")
+                text = f"the server at {link.server} stopped and was not back within {timeout:g} s"
+                raise EditError(text if stopped else no_answer(link.server, timeout), code="unreachable")
             link.send(Fetch(id=request_id))  # a keep-alive that also notices a server that lost the edit
             continue
         heard = now
-        if isinstance(message, Accepted) or getattr(message, "id", None) != request_id:
+        if getattr(message, "id", None) != request_id:
             continue
-        if isinstance(message, Progress):
+        lost = isinstance(message, Error) and message.code == UNKNOWN_REQUEST
+        if isinstance(message, Accepted):
+            resubmitted = False
+        elif lost and resubmitted:
+            continue  # answers to keep-alives that waited in the link while the server was away
+        elif lost and resubmits > 0:
+            link.send(edit)  # the server is back without the edit: send it again
+            resubmits -= 1
+            resubmitted = True
+        elif isinstance(message, Cancelled) and message.reason == "shutdown" and resubmits > 0:
+            stopped = True  # the keep-alive finds out when the server is back
+        elif isinstance(message, Progress):
             if progress is not None:
                 progress(ProgressEvent(message.stage, message.step, message.total))
         elif isinstance(message, Result):

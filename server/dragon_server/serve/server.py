@@ -11,7 +11,7 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import zmq
@@ -43,6 +43,7 @@ from dragon_protocol.errors import (
 )
 from dragon_server import __version__
 from dragon_server.serve import keys
+from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
 from dragon_server.serve.store import ResultStore
 from dragon_server.serve.worker import Worker, WorkerEvent
@@ -52,6 +53,9 @@ log = logging.getLogger("dragon.server")
 CLIENT_MESSAGES = (Hello.type, Edit.type, Cancel.type, Fetch.type, Ping.type)
 HEARTBEAT_MS = 2000
 SHUTDOWN_WAIT_S = 30.0
+SEND_QUEUE_MESSAGES = 200
+"""Messages queued for one client that does not read them (ZeroMQ's send high-water mark); beyond it,
+progress for that client is dropped and its terminal message is sent again later (see `_retry`)."""
 _WAKE_ENDPOINT = "inproc://dragon-worker-wake"
 
 
@@ -77,6 +81,8 @@ class ServerConfig:
     """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
     cache_bytes: Optional[int] = None
     """Memory kept for reuse between edits of the same picture; None: the engine's default."""
+    faults: Faults = field(default_factory=Faults)
+    """Test-only faults to inject (from DRAGON_TEST_FAULTS, see faults.py); none in normal use."""
 
 
 @dataclass
@@ -94,6 +100,8 @@ class Server:
         self.config = config
         self.jobs = JobQueue(config.queue_size)
         self.active: Dict[JobKey, Job] = {}
+        self.undelivered: Dict[JobKey, bytes] = {}
+        """Routes of terminal messages that met a full send queue, by job key; the store holds the bytes."""
         self.store = ResultStore(config.keep_seconds, config.keep_bytes)
         self.info = _EngineInfo(model=config.model)
         self.events: queue.Queue[WorkerEvent] = queue.Queue()
@@ -114,6 +122,7 @@ class Server:
             self.auth = keys.start_authenticator(self.context, self.config.allowed_clients)
             keys.secure_server_socket(front, self.config.secret_key)
         front.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        front.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
         front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         front.setsockopt(zmq.ROUTER_HANDOVER, 1)
         front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
@@ -141,7 +150,7 @@ class Server:
         self._wake_out = self.context.socket(zmq.PAIR)
         self._wake_out.connect(_WAKE_ENDPOINT)
         self.worker = Worker(self.config.model, self.config.device, self.jobs, self._post,
-                             self.config.cache_bytes)
+                             self.config.cache_bytes, self.config.faults)
         self.worker.start()
         try:
             self._loop()
@@ -176,6 +185,7 @@ class Server:
                         break
                     self._receive(frames)
             self.store.expire()
+            self._retry()
         if self.stop_signal is not None:
             log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
 
@@ -213,13 +223,29 @@ class Server:
         """Keep and send `job`'s terminal message; the job is no longer active."""
         self.active.pop(job.key, None)
         self.store.put(job.key, payload)
-        self._send(job.route, payload)
+        self.undelivered.pop(job.key, None)
+        if not self._send(job.route, payload):
+            self.undelivered[job.key] = job.route
 
-    def _send(self, route: bytes, payload: bytes) -> None:
+    def _retry(self) -> None:
+        """Send again the terminal messages whose client's queue was full, while the store keeps them.
+
+        A client that reads slowly still gets its result; one that went away gets it by `fetch`.
+        """
+        for key, route in list(self.undelivered.items()):
+            payload = self.store.get(key)
+            if payload is None or self._send(route, payload):
+                del self.undelivered[key]
+
+    def _send(self, route: bytes, payload: bytes) -> bool:
+        """Send without waiting; False only when the client's send queue is full (worth trying again)."""
         try:
             self.front.send_multipart([route, payload], zmq.NOBLOCK)
-        except zmq.ZMQError as error:  # peer gone or not reading: its result stays in the store
+        except zmq.Again:  # the client is not reading: never wait for it
+            return False
+        except zmq.ZMQError as error:  # peer gone: its result stays in the store for `fetch`
             log.debug("cannot send to %s: %s", route.hex(), error)
+        return True
 
     def _reply(self, route: bytes, message: Message) -> None:
         self._send(route, encode(message))
@@ -315,8 +341,8 @@ class Server:
         if kept is None:
             text = f"no request {fetch.id} is queued, running or kept"
             self._reply(route, Error(id=fetch.id, code=UNKNOWN_REQUEST, message=text))
-        else:
-            self._send(route, kept)
+        elif self._send(route, kept) and self.undelivered.get(key) == route:
+            del self.undelivered[key]  # delivered to that client now: not again by `_retry`
 
     # -- shutdown ---------------------------------------------------------------------------------
 
