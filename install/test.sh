@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES="krita xvfb python3-zmq python3-msgpack"
-if ! command -v krita >/dev/null || ! command -v Xvfb >/dev/null; then
+if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
