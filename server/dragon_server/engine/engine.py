@@ -49,10 +49,12 @@ class Economy:
     """Guidance-branch features computed once per step, not at every guided evaluation."""
     bank_on_device: bool = True
     """The memory bank stays on the device instead of going to host memory and back."""
+    share_trunk: bool = True
+    """A guided step's feature pass and noise pass share the start of the UNet."""
 
     @classmethod
     def reference(cls) -> Economy:
-        return cls(False, False, False, False)
+        return cls(False, False, False, False, False)
 
 
 class Engine:
@@ -131,7 +133,7 @@ class Engine:
 
         with runner.stage("sampling"):
             latent = sample(runner, guide, timeline, schedule, settings, text, uncond, request.strength,
-                            generator, step_done)
+                            generator, step_done, self.economy.share_trunk)
         clock.lap("sampling")
         with runner.stage("decode"):
             edited = runner.decode(latent)

@@ -28,9 +28,11 @@ def predict_noise(runner: Runner, z: torch.Tensor, t: torch.Tensor, text: torch.
 
 
 def guided_noise(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                 uncond: Optional[torch.Tensor], cfg_scale: float, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                 uncond: Optional[torch.Tensor], cfg_scale: float, step: int,
+                 share_trunk: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Predicted noise and d(energy)/d(z) of a guided step: the edit energy's gradient inside the edit
-    region, the content energy's outside. The feature pass and the noise pass share their trunk."""
+    region, the content energy's outside. The feature pass and the noise pass share their trunk
+    (`share_trunk=False` runs them apart, as the release does, for benchmarks)."""
     with runner.stage("guidance"), torch.enable_grad():
         x = z.detach().requires_grad_(True)
         state = runner.trunk(x, t, text)
@@ -42,16 +44,19 @@ def guided_noise(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor,
         runner.count("backward", 2)
     region = guide.edit_region
     with guide.attend(step):
-        eps = runner.noise_from(state)
-        if uncond is not None:
-            eps_uncond = runner.noise(z, t, uncond)
-            eps = eps_uncond + cfg_scale * (eps - eps_uncond)
+        if not share_trunk:
+            eps = predict_noise(runner, z, t, text, uncond, cfg_scale)
+        else:
+            eps = runner.noise_from(state)
+            if uncond is not None:
+                eps_uncond = runner.noise(z, t, uncond)
+                eps = eps_uncond + cfg_scale * (eps - eps_uncond)
     return eps, grad_edit * region + grad_content * (1 - region)
 
 
 def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule, settings: MethodSettings,
            text: torch.Tensor, uncond: Optional[torch.Tensor], strength: float,
-           generator: torch.Generator, step_done: StepDone) -> torch.Tensor:
+           generator: torch.Generator, step_done: StepDone, share_trunk: bool = True) -> torch.Tensor:
     """The edited clean latent. `uncond` is None when the prompt is empty (both branches would match)."""
     z = guide.start
     gain = settings.step_size * settings.energy_scale * strength
@@ -65,7 +70,7 @@ def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule,
                 # Time travel: back up to step i's noise level by one inversion step, then denoise again.
                 z = ddim.invert_step(z, runner.noise(z, t, text), a_next, a)
             if i in schedule.guided and gain:
-                eps, gradient = guided_noise(runner, guide, z, t, text, uncond, settings.cfg_scale, i)
+                eps, gradient = guided_noise(runner, guide, z, t, text, uncond, settings.cfg_scale, i, share_trunk)
                 eps_x0 = eps + gain * gradient
             else:
                 with guide.attend(i):
