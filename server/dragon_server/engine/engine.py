@@ -58,7 +58,8 @@ class Economy:
 
 
 class Engine:
-    """One loaded model and everything needed to run DragonDiffusion edits with it."""
+    """One loaded model and everything needed to run DragonDiffusion edits with it. Edits run one at
+    a time (a server puts one worker thread in front of it); reading `cache.info()` meanwhile is safe."""
 
     def __init__(self, components: Components, cache_bytes: Optional[int] = None, economy: Economy = Economy()):
         self.components = components

@@ -50,10 +50,6 @@ class Components:
     default_area: int
     """Pixel area the region of interest is scaled to when a request does not say."""
 
-    @property
-    def latent_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
 
 def pick_device(device: str = "auto") -> torch.device:
     """CUDA, then Apple MPS, then CPU for `auto`; otherwise the named device, checked."""

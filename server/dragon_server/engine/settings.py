@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Mapping
+from typing import FrozenSet, Mapping
 
 from dragon_server.engine.request import InputError, Mode
 
@@ -91,6 +91,3 @@ class Schedule:
         sde = set(range(int(math.floor(settings.sde_start * steps)) + 1, int(math.ceil(settings.sde_end * steps))))
         bank = set(range(at(settings.bank_start), min(steps, at(settings.bank_end))))
         return cls(steps, frozenset(guided), frozenset(travel & guided), frozenset(sde), frozenset(bank))
-
-    def describe(self) -> Dict[str, int]:
-        return {"steps": self.steps, "guided": len(self.guided), "time_travel": len(self.time_travel)}
