@@ -36,3 +36,8 @@ def _status_field(pid: int, name: str) -> int:
             if line.startswith(name + ":"):
                 return int(line.split()[1])
     raise KeyError(name)
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident memory of process `pid` in KiB (Linux /proc)."""
+    return _status_field(pid, "VmHWM")

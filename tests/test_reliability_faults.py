@@ -179,6 +179,44 @@ def test_client_that_does_not_read_neither_blocks_the_server_nor_loses_its_resul
     record("faults: progress messages dropped for the client that does not read", 2 * steps + 4 - progress)
 
 
+class FullThenFree:
+    """A stand-in for the server's socket: its client's send queue is full until `full` is cleared."""
+
+    def __init__(self):
+        self.full = True
+        self.sent: List[List[bytes]] = []
+
+    def send_multipart(self, frames: List[bytes], flags: int = 0) -> None:
+        if self.full:
+            raise zmq.Again()
+        self.sent.append(frames)
+
+
+@pytest.mark.parametrize("then", ["reads again", "fetches"])
+def test_a_terminal_message_that_meets_a_full_queue_arrives_exactly_once(then):
+    from dragon_server.serve.jobs import Job
+    from dragon_server.serve.server import Server, ServerConfig
+
+    server = Server(ServerConfig(binds=[]))
+    real, fake = server.front, FullThenFree()
+    server.front = fake
+    try:
+        job = Job(edit=kit.move_edit("slow-reader"), owner="", route=b"route", peer="?")
+        server.active[job.key] = job
+        server._finish(job, b"terminal")
+        server._retry()
+        assert fake.sent == [] and job.key in server.undelivered
+        fake.full = False
+        if then == "fetches":
+            server._on_fetch(Fetch(id="slow-reader"), "", b"route")
+        server._retry()
+        server._retry()
+        assert fake.sent == [[b"route", b"terminal"]] and not server.undelivered
+    finally:
+        server.front = real
+        server.close()
+
+
 def drain(socket: zmq.Socket, quiet: float, stop=lambda message: False) -> List[object]:
     """Read `socket` until `quiet` seconds pass without a message, or `stop(message)`."""
     messages: List[object] = []

@@ -83,11 +83,14 @@ def test_requests_belong_to_the_key_that_sent_them(curve_server, keys):
         assert mine_again.expect((Result,), 10, edit.id) == result
 
 
-@pytest.mark.parametrize("who", ["stranger", "plain"])
+@pytest.mark.parametrize("who", ["stranger", "plain", "wrong server key"])
 def test_unknown_key_and_plain_client_get_no_service(curve_server, keys, who):
     endpoint, server_key = curve_server
-    pair = zmq.auth.load_certificate(str(keys / "stranger" / "stranger.key_secret"))
-    options = dict(server_key=server_key, client_pair=pair) if who == "stranger" else {}
+    name = "laptop" if who == "wrong server key" else "stranger"
+    pair = zmq.auth.load_certificate(str(keys / name / f"{name}.key_secret"))
+    if who == "wrong server key":  # an allowed client that trusts another server's key: the handshake fails
+        server_key = zmq.auth.load_certificate(str(keys / "desk" / "desk.key"))[0]
+    options = {} if who == "plain" else dict(server_key=server_key, client_pair=pair)
     with kit.Client(endpoint, **options) as client:
         client.send(Hello())
         assert client.receive(2.0) is None
