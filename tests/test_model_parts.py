@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dragon_server.engine import ddim
-from dragon_server.engine.attention import MemoryBank
+from dragon_server.engine.attention import MemoryBank, TokenMasks
 from dragon_server.engine.models import check_sd1_checkpoint, load_components, pick_device
 from dragon_server.engine.request import ModelError
 from dragon_server.engine.unet import features_from, head, trunk, unet_forward
@@ -75,7 +75,7 @@ def test_bank_of_another_latent_changes_the_prediction(parts):
         replaced = runner.noise(z, t, text)
     assert not torch.allclose(runner.noise(z, t, text), replaced, atol=1e-4)
     keep_all = torch.ones(16, 16)
-    with runner.attention.masked(bank, keep_all, bank, keep_all, 3):
+    with runner.attention.masked(bank, bank, TokenMasks(keep_all, keep_all), 3):
         masked = runner.noise(z, t, text)
     assert torch.allclose(masked, replaced, atol=1e-5)  # the same tokens twice: same attention
 
@@ -167,3 +167,15 @@ def test_diffusers_folder_of_another_architecture_is_refused(tmp_path, tiny_engi
     tiny_engine.components.unet.save_pretrained(tmp_path / "unet")
     with pytest.raises(ModelError, match="not a Stable Diffusion 1.x model"):
         load_components(str(tmp_path), "cpu")
+
+
+def test_token_masks_follow_the_masks_and_never_shut_everything_out():
+    keep = torch.zeros(16, 16)
+    keep[:, :8] = 1  # the left half of the image's tokens
+    masks = TokenMasks(keep, torch.zeros(16, 16))
+    at_8x8 = masks(64)[0, 0, 0]
+    assert at_8x8.shape == (128,)
+    image, ref = at_8x8[:64].reshape(8, 8), at_8x8[64:]
+    assert image[:, :4].all() and not image[:, 4:].any()
+    assert ref.all()  # an empty reference mask would leave nothing to attend to: all tokens instead
+    assert masks(64) is masks(64)  # made once per layer size

@@ -43,22 +43,38 @@ class MemoryBank:
                    for kv in layers.values() for t in kv)
 
 
+def _token_mask(mask: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A latent-grid mask (h, w) resized to a layer with `tokens` positions, as booleans (tokens,);
+    all True when nothing would be kept (computed on the device, without a host round trip)."""
+    h, w = mask.shape
+    factor = int(round((h * w / tokens) ** 0.5))
+    small = F.interpolate(mask[None, None].float(), size=(h // factor, w // factor), mode="area")
+    keep = small.reshape(-1) > 0.5
+    return keep | ~keep.any()
+
+
+class TokenMasks:
+    """Which memory-bank tokens the edit attends to in appearance and paste: the image's where `keep`,
+    the reference's where `keep_ref` (latent-grid masks); made once per edit, per layer size."""
+
+    def __init__(self, keep: torch.Tensor, keep_ref: torch.Tensor):
+        self.keep, self.keep_ref = keep, keep_ref
+        self._by_tokens: Dict[int, torch.Tensor] = {}
+
+    def __call__(self, tokens: int) -> torch.Tensor:
+        if tokens not in self._by_tokens:
+            both = torch.cat([_token_mask(self.keep, tokens), _token_mask(self.keep_ref, tokens)])
+            self._by_tokens[tokens] = both[None, None, None, :]
+        return self._by_tokens[tokens]
+
+
 @dataclass
 class _Action:
     kind: str  # record | replace | concat | masked
     step: int
     bank: MemoryBank
     ref_bank: Optional[MemoryBank] = None
-    keep: Optional[torch.Tensor] = None
-    keep_ref: Optional[torch.Tensor] = None
-
-
-def _token_mask(mask: torch.Tensor, tokens: int) -> torch.Tensor:
-    """A latent-grid mask (h, w) resized to a layer with `tokens` positions, as booleans (tokens,)."""
-    h, w = mask.shape
-    factor = int(round((h * w / tokens) ** 0.5))
-    small = F.interpolate(mask[None, None].float(), size=(h // factor, w // factor), mode="area")
-    return small.reshape(-1) > 0.5
+    masks: Optional[TokenMasks] = None
 
 
 class CrossBranchAttention:
@@ -74,7 +90,6 @@ class CrossBranchAttention:
 
     def __init__(self, unet: UNet2DConditionModel):
         self.action: Optional[_Action] = None
-        self._masks: Dict[Tuple[int, int], torch.Tensor] = {}
         for b, block in enumerate(unet.up_blocks):
             for a, attention in enumerate(getattr(block, "attentions", None) or []):
                 for t, transformer in enumerate(attention.transformer_blocks):
@@ -82,11 +97,11 @@ class CrossBranchAttention:
 
     @contextlib.contextmanager
     def _acting(self, action: _Action) -> Iterator[None]:
-        self.action, self._masks = action, {}
+        self.action = action
         try:
             yield
         finally:
-            self.action, self._masks = None, {}
+            self.action = None
 
     def recording(self, bank: MemoryBank, step: int):
         """Store this pass's keys and values into `bank` under `step`."""
@@ -101,11 +116,10 @@ class CrossBranchAttention:
         """Attend to the edit's own keys and values and the source's together (drag)."""
         return self._acting(_Action("concat", step, bank))
 
-    def masked(self, bank: MemoryBank, keep: torch.Tensor, ref_bank: MemoryBank, keep_ref: torch.Tensor,
-               step: int):
-        """Attend to source tokens where `keep` and reference tokens where `keep_ref` (latent-grid masks):
-        the background from the image, the object's look from the reference (appearance, paste)."""
-        return self._acting(_Action("masked", step, bank, ref_bank, keep, keep_ref))
+    def masked(self, bank: MemoryBank, ref_bank: MemoryBank, masks: TokenMasks, step: int):
+        """Attend to the image's and the reference's tokens chosen by `masks`: the background from the
+        image, the object's look from the reference (appearance, paste)."""
+        return self._acting(_Action("masked", step, bank, ref_bank, masks))
 
     def exchange(self, layer: str, k: torch.Tensor, v: torch.Tensor):
         """Keys, values and boolean key mask that the layer `layer` attends to."""
@@ -122,17 +136,9 @@ class CrossBranchAttention:
         if act.kind == "concat":
             return torch.cat([k, bk.expand(batch, -1, -1)], 1), torch.cat([v, bv.expand(batch, -1, -1)], 1), None
         rk, rv = act.ref_bank.get(act.step, layer, k.device)
-        tokens = bk.shape[1]
-        if tokens not in self._masks:
-            keep, keep_ref = _token_mask(act.keep, tokens), _token_mask(act.keep_ref, tokens)
-            if not keep.any():
-                keep = torch.ones_like(keep)
-            if not keep_ref.any():
-                keep_ref = torch.ones_like(keep_ref)
-            self._masks[tokens] = torch.cat([keep, keep_ref])[None, None, None, :]
         keys = torch.cat([bk, rk], 1).expand(batch, -1, -1)
         values = torch.cat([bv, rv], 1).expand(batch, -1, -1)
-        return keys, values, self._masks[tokens]
+        return keys, values, act.masks(bk.shape[1])
 
 
 class _BranchProcessor:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dragon_server.engine import energy as E
+from dragon_server.engine.attention import TokenMasks
 from dragon_server.engine.geometry import GRID_FACTOR, LATENT_FACTOR, Affine, Frame
 from dragon_server.engine.inversion import SourceState
 from dragon_server.engine.planning import PixelPlan
@@ -173,13 +174,13 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
             return attention.joining(source.bank, step) if step in schedule.bank else contextlib.nullcontext()
     else:
         object_mask = plan.source_mask if mode == Mode.APPEARANCE else plan.target_mask
-        keep = 1 - on_grid(object_mask, factor=LATENT_FACTOR)
-        keep_ref = on_grid(request.reference_mask, plan.ref_frame, LATENT_FACTOR)
+        masks = TokenMasks(1 - on_grid(object_mask, factor=LATENT_FACTOR),
+                           on_grid(request.reference_mask, plan.ref_frame, LATENT_FACTOR))
 
         def attend(step: int) -> ContextManager:
             if step not in schedule.bank:
                 return contextlib.nullcontext()
-            return attention.masked(source.bank, keep, reference.bank, keep_ref, step)
+            return attention.masked(source.bank, reference.bank, masks, step)
 
     def energy_on_grid(features: List[torch.Tensor], step: int) -> Energies:
         return energy(on_grid_features(features, grid_hw), step)
