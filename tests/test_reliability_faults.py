@@ -320,3 +320,33 @@ def test_server_restart_under_the_cli_and_the_plugin_both_reconnect_by_themselve
         if second is not None:
             assert second.stop() == 0
     assert "request" in second.console() and "result" in second.console()
+
+
+def test_server_killed_and_restarted_the_plugin_learns_its_edit_is_lost(tmp_path):
+    """A crash loses what was queued or running (only a clean stop can say so). The plugin's liveness
+    check asks about its outstanding edits, so the restarted server's `unknown_request` ends them
+    instead of leaving the painter waiting forever."""
+    endpoint = f"tcp://127.0.0.1:{kit.free_port()}"
+    first, _ = kit.start_server(str(tmp_path), [], endpoint=endpoint)
+    plugin = PluginClient(endpoint, timeout=2.0)
+    second = None
+    try:
+        plugin.connect()
+        plugin_events(plugin, lambda events: any(isinstance(e, Welcome) for e in events))
+        edit = kit.move_edit("lost-in-a-crash", steps=400)
+        plugin.submit(edit)
+        plugin_events(plugin, lambda events: any(isinstance(e, Progress) for e in events))
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        os.rename(tmp_path / "server.log", tmp_path / "first.log")
+        second, _ = kit.start_server(str(tmp_path), [], endpoint=endpoint)
+        events = plugin_events(plugin, terminal_for(edit.id), 30)
+        ends = [e for e in events if isinstance(e, TERMINAL) and e.id == edit.id]
+        assert len(ends) == 1 and ends[0].code == "unknown_request"
+        assert plugin.connected and not plugin.outstanding
+    finally:
+        plugin.close()
+        first.stop()
+        if second is not None:
+            assert second.stop() == 0
+    record("faults: servers killed with SIGKILL mid-edit")
