@@ -34,8 +34,9 @@ from dragon_protocol import (
     decode,
     encode,
 )
-from dragon_protocol.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from dragon_protocol.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_MESSAGE_VALUES, MAX_NESTING
 from dragon_protocol.png import check_png
+from dragon_protocol.shape import check_shape
 
 MAX_MESSAGE_MB = 1
 CLIENT_TYPES = ("hello", "edit", "cancel", "fetch", "ping")
@@ -262,3 +263,34 @@ def test_live_server_drops_oversized_messages_and_the_client_reconnects(session,
 
 def test_live_server_serves_a_good_edit_after_the_fuzzing(session):
     session.good_edit()
+
+
+@settings(max_examples=scaled(300), deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=300)
+    | st.binary(max_size=70000),
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner, max_size=20),
+    max_leaves=600,
+))
+def test_shape_check_counts_exactly_as_msgpack_builds(value):
+    """The pre-unpacking check passes every value within the limits and refuses every other one."""
+    record("fuzz: shape check cases")
+    data = msgpack.packb(value, use_bin_type=True)
+    values, depth = shape_of(value)
+    if values <= MAX_MESSAGE_VALUES and depth <= MAX_NESTING:
+        check_shape(data)
+        check_shape(data[: len(data) // 2])  # truncated: left for the unpacker to refuse
+    else:
+        with pytest.raises(ProtocolError):
+            check_shape(data)
+
+
+def shape_of(value) -> tuple:
+    """(values, nesting depth) of a Python value as msgpack holds it."""
+    if isinstance(value, list):
+        children = [shape_of(item) for item in value]
+    elif isinstance(value, dict):
+        children = [shape_of(item) for pair in value.items() for item in pair]
+    else:
+        return 1, 0
+    return 1 + sum(c[0] for c in children), 1 + max((c[1] for c in children), default=0)

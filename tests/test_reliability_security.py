@@ -247,3 +247,33 @@ def test_edit_fields_are_only_ever_data():
     for name in edit.__dataclass_fields__:
         value = getattr(edit, name)
         assert isinstance(value, plain), name
+
+
+def empty_arrays(count: int) -> bytes:
+    """A message whose `type` is an array of `count` empty arrays: one byte each on the wire."""
+    return b"\x82\xa1v\x01\xa4type\xdd" + struct.pack(">I", count) + b"\x90" * count
+
+
+def test_small_messages_cannot_unpack_into_huge_structures():
+    """20 MB of empty arrays would unpack into about 1.4 GB of lists; deep nesting could exhaust the stack."""
+    nine_deep = msgpack.packb({"v": 1, "type": [[[[[[[[]]]]]]]]})
+    for data in (empty_arrays(20_000_000), b"\x91" * 100_000 + b"\xc0", nine_deep):
+        started = time.perf_counter()
+        with pytest.raises(ProtocolError) as caught:
+            decode(data)
+        assert caught.value.code == "bad_message" and time.perf_counter() - started < 0.1
+    record("security: unpacking bombs refused", 3)
+
+
+def test_live_server_refuses_an_unpacking_bomb_without_building_it(server):
+    process, endpoint = server
+    peak_before = peak_rss_kib(process.process.pid)
+    with kit.Client(endpoint) as client:
+        client.send_raw(empty_arrays(50_000_000))
+        assert client.expect((Error,), 30).code == "bad_message"
+        good = kit.move_edit(steps=2)
+        client.send(good)
+        assert isinstance(client.expect((Result, Error), 60, good.id), Result)
+    grown_mb = (peak_rss_kib(process.process.pid) - peak_before) / 1024
+    assert grown_mb < 150, f"50 MB of empty arrays grew the server's peak memory by {grown_mb:.0f} MiB"
+    record("security: unpacking bombs refused")

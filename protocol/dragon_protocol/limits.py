@@ -8,6 +8,12 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """Largest message, either direction. The server sets it on its socket; bigger ones drop the link."""
 
+MAX_MESSAGE_VALUES = 4096
+"""Most msgpack values in one message (each string or binary counts as one), checked before unpacking."""
+
+MAX_NESTING = 8
+"""Deepest nesting of arrays and maps in one message (the top-level map is level 1)."""
+
 MAX_IMAGE_PIXELS = 64_000_000
 """Largest width * height of any image in an `edit`, read from the PNG header before decoding."""
 
@@ -43,6 +49,7 @@ def as_dict() -> dict:
     """The limits a `welcome` message reports, keyed by the names PROTOCOL.md uses."""
     return {
         "max_message_bytes": MAX_MESSAGE_BYTES,
+        "max_message_values": MAX_MESSAGE_VALUES,
         "max_image_pixels": MAX_IMAGE_PIXELS,
         "max_image_side": MAX_IMAGE_SIDE,
         "max_arrows": MAX_ARROWS,

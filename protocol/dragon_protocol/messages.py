@@ -24,6 +24,7 @@ from dragon_protocol.errors import (
     ProtocolError,
 )
 from dragon_protocol.png import check_png
+from dragon_protocol.shape import check_shape
 
 _ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{limits.MAX_ID_LENGTH}}}\Z")
 _REQUIRED = object()
@@ -449,6 +450,7 @@ def decode(data: bytes, accept: Optional[Tuple[str, ...]] = None) -> Message:
 
     `accept` limits which message types are welcome (the server accepts only client messages).
     """
+    check_shape(data)
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception:
