@@ -78,12 +78,14 @@ def _follow(
 ) -> Optional[EditResult]:
     """Read the server's messages about `edit` until its terminal one (or `give_up`).
 
-    A server that lost the edit gets it again, at most `resubmits` times; while one resubmission is
-    unanswered, further `unknown_request` answers (to keep-alives queued during the outage) are ignored.
+    A server that lost the edit gets it again, at most `resubmits` times. Keep-alives sent during the
+    outage reach the server together with the resubmission, so `unknown_request` answers that come
+    within KEEPALIVE_INTERVAL of it, before its `accepted`, are about the old edit and are ignored.
     """
     request_id = edit.id
     heard = time.monotonic()
-    resubmitted = stopped = False
+    ignore_lost_until = 0.0
+    stopped = False
     while time.monotonic() < give_up:
         message = link.receive(KEEPALIVE_INTERVAL)
         now = time.monotonic()
@@ -98,13 +100,13 @@ def _follow(
             continue
         lost = isinstance(message, Error) and message.code == UNKNOWN_REQUEST
         if isinstance(message, Accepted):
-            resubmitted = False
-        elif lost and resubmitted:
+            ignore_lost_until = 0.0
+        elif lost and now < ignore_lost_until:
             continue  # answers to keep-alives that waited in the link while the server was away
         elif lost and resubmits > 0:
             link.send(edit)  # the server is back without the edit: send it again
             resubmits -= 1
-            resubmitted = True
+            ignore_lost_until = now + KEEPALIVE_INTERVAL
         elif isinstance(message, Cancelled) and message.reason == "shutdown" and resubmits > 0:
             stopped = True  # the keep-alive finds out when the server is back
         elif isinstance(message, Progress):
