@@ -168,7 +168,7 @@ def test_client_that_does_not_read_neither_blocks_the_server_nor_loses_its_resul
             messages += drain(stuck, quiet=2.0, stop=lambda m: isinstance(m, Result))
     finally:
         stuck.close(0)
-    assert slowest < 1000, f"a ping took {slowest:.0f} ms while a client was not reading"
+    assert slowest < 2000, f"a ping took {slowest:.0f} ms while a client was not reading"
     results = [m for m in messages if isinstance(m, Result)]
     assert results and all(r == reply for r in results) and len(pushed) <= 1
     growth_mb = (during - before) / 1024

@@ -171,7 +171,7 @@ def test_png_headers_are_judged_from_the_header_alone(width, height, depth, colo
             assert width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE
     else:
         assert info.width * info.height <= MAX_IMAGE_PIXELS and max(info.width, info.height) <= MAX_IMAGE_SIDE
-    assert time.perf_counter() - started < 0.05  # no pixel is ever decoded here
+    assert time.perf_counter() - started < 0.5  # no pixel is ever decoded here (decoding a giant takes seconds)
 
 
 # -- a live server --------------------------------------------------------------------------------------
