@@ -268,9 +268,9 @@ def test_live_server_serves_a_good_edit_after_the_fuzzing(session):
 @settings(max_examples=scaled(300), deadline=None)
 @given(st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=300)
-    | st.binary(max_size=70000),
+    | st.binary(max_size=3000),
     lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner, max_size=20),
-    max_leaves=600,
+    max_leaves=400,
 ))
 def test_shape_check_counts_exactly_as_msgpack_builds(value):
     """The pre-unpacking check passes every value within the limits and refuses every other one."""
