@@ -79,3 +79,12 @@ def test_zero_bound_keeps_nothing(tiny_engine):
     engine.edit(move(image, mask))
     engine.edit(move(image, mask))
     assert len(engine.cache) == 0 and engine.cache.info()["hits"] == 0
+
+
+def test_a_picture_bigger_than_the_bound_is_not_kept_and_says_why(tiny_engine, caplog):
+    image, mask = make_scene()
+    engine = Engine(tiny_engine.components, cache_bytes=1000)
+    with caplog.at_level("WARNING"):
+        engine.edit(move(image, mask))
+    assert len(engine.cache) == 0
+    assert "more than the 0 MiB kept for reuse" in caplog.text and "--cache-mb" in caplog.text

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"(default {MAX_MESSAGE_BYTES // 2**20})")
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
-                        "of the GPU's memory, 2048 on a CPU; 0 turns reuse off)")
+                        "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 

@@ -5,6 +5,7 @@ shaped the inversion. A second edit of the same picture skips all of that work."
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from typing import Dict, FrozenSet, Hashable, Optional, Tuple
@@ -12,6 +13,8 @@ from typing import Dict, FrozenSet, Hashable, Optional, Tuple
 from PIL import Image
 
 from dragon_server.engine.inversion import SourceState
+
+log = logging.getLogger(__name__)
 
 
 def source_key(crop: Image.Image, prompt: str, steps: int, bank_steps: FrozenSet[int]) -> Tuple[Hashable, ...]:
@@ -42,6 +45,10 @@ class SourceCache:
             return state
 
     def put(self, key: Tuple[Hashable, ...], state: SourceState) -> None:
+        if 0 < self.max_bytes < state.nbytes:
+            log.warning("an inverted picture takes %.0f MiB, more than the %.0f MiB kept for reuse: "
+                        "raise the bound (dragon serve --cache-mb) to make repeat edits faster",
+                        state.nbytes / 2**20, self.max_bytes / 2**20)
         with self._lock:
             self._items[key] = state
             self._items.move_to_end(key)

@@ -6,6 +6,7 @@ An edit flows one way: check the request -> plan it in pixels -> cut and scale t
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -73,8 +74,8 @@ class Engine:
     def load(cls, model: str = "sd15", device: str = "auto", dtype: Optional[str] = None,
              cache_bytes: Optional[int] = None) -> Engine:
         """Load `model` (see `load_components`) on `device`; raises ModelError with a one-line reason.
-        `cache_bytes` bounds the memory kept for reuse between edits (default: a quarter of the GPU's,
-        or 2 GiB on the CPU)."""
+        `cache_bytes` bounds the memory kept for reuse between edits (default: a quarter of the GPU's
+        memory, or of the host's)."""
         return cls(load_components(model, device, dtype), cache_bytes)
 
     @property
@@ -169,10 +170,13 @@ class Engine:
 
 
 def default_cache_bytes(device: torch.device) -> int:
-    """A quarter of the GPU's memory; 2 GiB of host memory on the CPU."""
+    """A quarter of the GPU's memory, or of the host's memory for the other devices."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory // 4
-    return 2 << 30
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a fixed 2 GiB
+        return 2 << 30
 
 
 class _Clock:
