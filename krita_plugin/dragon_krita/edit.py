@@ -7,6 +7,7 @@ without Krita.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -64,7 +65,7 @@ class EditSettings:
             )
 
 
-class Source:
+class Source(ABC):
     """What an edit reads from the document; the Krita adapter implements it (tests use fakes).
 
     Pixels are B,G,R,A bytes of the given rectangle; masks one byte per pixel.
@@ -75,27 +76,29 @@ class Source:
     y_res: float
     source_name: str
 
+    @abstractmethod
     def guide_svg(self) -> Optional[List[str]]:
         """SVG of each top-level shape on the guide layer, or None when there is no guide layer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def selection(self) -> Optional[Tuple[Rect, bytes]]:
         """The global selection's bounds and bytes, or None when nothing is selected."""
-        raise NotImplementedError
 
+    @abstractmethod
     def image_pixels(self, rect: Rect) -> bytes:
-        raise NotImplementedError
+        """The edited image's pixels in `rect` (the active layer, or the visible canvas)."""
 
+    @abstractmethod
     def reference_pixels(self, rect: Rect) -> bytes:
-        raise NotImplementedError
+        """The reference layer's pixels in `rect`."""
 
+    @abstractmethod
     def reference_mask(self) -> Tuple[Rect, bytes]:
         """The reference object: the reference layer's selection mask, or else its alpha."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
         """PNG of R,G,B,A (channels 4) or grey (channels 1) bytes."""
-        raise NotImplementedError
 
 
 @dataclass

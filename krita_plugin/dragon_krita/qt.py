@@ -1,55 +1,41 @@
 """The Qt names the plugin uses, from PyQt5 (Krita 5) or PyQt6 (Krita 6), imported in one place."""
 
+from typing import Any
+
 try:
-    from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, Qt, QTimer
-    from PyQt5.QtGui import QImage
-    from PyQt5.QtWidgets import (
-        QCheckBox,
-        QComboBox,
-        QDoubleSpinBox,
-        QFileDialog,
-        QFormLayout,
-        QHBoxLayout,
-        QLabel,
-        QLineEdit,
-        QProgressBar,
-        QPushButton,
-        QSpinBox,
-        QVBoxLayout,
-        QWidget,
-    )
+    from PyQt5 import QtCore, QtGui, QtWidgets
 
-    FORMAT_RGBA = QImage.Format_RGBA8888
-    FORMAT_GREY = QImage.Format_Grayscale8
-    OPEN_WRITE = QIODevice.WriteOnly
-    SMOOTH = Qt.SmoothTransformation
-    IGNORE_ASPECT = Qt.IgnoreAspectRatio
-    TEXT_SELECTABLE = Qt.TextSelectableByMouse
+    QT6 = False
 except ImportError:  # Krita 6
-    from PyQt6.QtCore import QBuffer, QByteArray, QIODevice, Qt, QTimer  # type: ignore[no-redef]
-    from PyQt6.QtGui import QImage  # type: ignore[no-redef]
-    from PyQt6.QtWidgets import (  # type: ignore[no-redef]
-        QCheckBox,
-        QComboBox,
-        QDoubleSpinBox,
-        QFileDialog,
-        QFormLayout,
-        QHBoxLayout,
-        QLabel,
-        QLineEdit,
-        QProgressBar,
-        QPushButton,
-        QSpinBox,
-        QVBoxLayout,
-        QWidget,
-    )
+    from PyQt6 import QtCore, QtGui, QtWidgets  # type: ignore[no-redef]
 
-    FORMAT_RGBA = QImage.Format.Format_RGBA8888
-    FORMAT_GREY = QImage.Format.Format_Grayscale8
-    OPEN_WRITE = QIODevice.OpenModeFlag.WriteOnly
-    SMOOTH = Qt.TransformationMode.SmoothTransformation
-    IGNORE_ASPECT = Qt.AspectRatioMode.IgnoreAspectRatio
-    TEXT_SELECTABLE = Qt.TextInteractionFlag.TextSelectableByMouse
+    QT6 = True
+
+
+def _enum(owner: Any, scope: str, name: str) -> Any:
+    """An enum value: `owner.name` in PyQt5, `owner.scope.name` in PyQt6."""
+    return getattr(getattr(owner, scope), name) if QT6 else getattr(owner, name)
+
+
+QBuffer, QByteArray, QIODevice, Qt, QTimer = (
+    QtCore.QBuffer, QtCore.QByteArray, QtCore.QIODevice, QtCore.Qt, QtCore.QTimer
+)
+QImage = QtGui.QImage
+QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel = (
+    QtWidgets.QCheckBox, QtWidgets.QComboBox, QtWidgets.QDoubleSpinBox, QtWidgets.QFileDialog,
+    QtWidgets.QFormLayout, QtWidgets.QHBoxLayout, QtWidgets.QLabel,
+)
+QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget = (
+    QtWidgets.QLineEdit, QtWidgets.QProgressBar, QtWidgets.QPushButton, QtWidgets.QSpinBox,
+    QtWidgets.QVBoxLayout, QtWidgets.QWidget,
+)
+
+FORMAT_RGBA = _enum(QImage, "Format", "Format_RGBA8888")
+FORMAT_GREY = _enum(QImage, "Format", "Format_Grayscale8")
+OPEN_WRITE = _enum(QIODevice, "OpenModeFlag", "WriteOnly")
+SMOOTH = _enum(Qt, "TransformationMode", "SmoothTransformation")
+IGNORE_ASPECT = _enum(Qt, "AspectRatioMode", "IgnoreAspectRatio")
+TEXT_SELECTABLE = _enum(Qt, "TextInteractionFlag", "TextSelectableByMouse")
 
 __all__ = [
     "FORMAT_GREY",

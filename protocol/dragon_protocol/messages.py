@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 
@@ -136,14 +137,15 @@ class _Reader:
 
 
 @dataclass
-class Message:
+class Message(ABC):
     """Base of all messages; `type` is the wire name."""
 
     type: ClassVar[str] = ""
 
     @classmethod
+    @abstractmethod
     def _read(cls: Type[Message], r: _Reader) -> Message:
-        raise NotImplementedError
+        """The message of this type from a checked wire map (each message says how)."""
 
     def to_wire(self) -> Dict[str, Any]:
         """The message as the map that goes on the wire."""
