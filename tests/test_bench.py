@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from dragon_server.bench import main
+from dragon_server.engine.meter import Meter
 
 
 def test_bench_reports_stages_ratios_and_savings(tmp_path, capsys):
@@ -36,3 +39,11 @@ def test_bench_measures_what_the_server_adds(tmp_path, capsys):
     figures = json.loads(out.read_text())["protocol"]
     assert figures["size"] == 256
     assert figures["remote_seconds"] > 0 and figures["in_process_seconds"] > 0 and figures["png_seconds"] > 0
+
+
+def test_meter_counts_attention_on_the_cpu_too():
+    q = torch.randn(1, 8, 256, 40)
+    meter = Meter(torch.device("cpu"))
+    with meter.active(), meter.stage("attention"):
+        F.scaled_dot_product_attention(q, q, q)
+    assert meter.report()["attention"]["flops"] == 2 * (2 * 8 * 256 * 256 * 40)  # QK^T and AV

@@ -56,9 +56,10 @@ def test_move_energy_by_hand():
     # inpaint: mean gen on the vacated cell (1,0) vs mean guide on the background (0,1)
     mean_gen, mean_bg = torch.tensor([1.0, 0]), torch.tensor([0.0, 1.0])
     s_inpaint = (torch.nn.functional.cosine_similarity(mean_gen, mean_bg, dim=0).item() + 1) / 2
-    expected_edit = 4 / (1 + 4 * s_edit) + 0.2 * s_contrast + 0.8 / (1 + 4 * s_inpaint)
-    assert edit.item() == pytest.approx(expected_edit)
-    assert content.item() == pytest.approx(6 / (1 + 4 * 1.0))
+    # as in the release, the vacated-area terms belong to the content energy (they act outside the target)
+    assert edit.item() == pytest.approx(4 / (1 + 4 * s_edit))
+    expected_content = 6 / (1 + 4 * 1.0) + 0.2 * s_contrast + 0.8 / (1 + 4 * s_inpaint)
+    assert content.item() == pytest.approx(expected_content)
 
 
 def test_move_energy_without_vacated_area_has_no_contrast_or_inpaint():

@@ -10,7 +10,7 @@ from dragon_server.engine import ddim
 from dragon_server.engine.attention import MemoryBank, TokenMasks
 from dragon_server.engine.models import check_sd1_checkpoint, load_components, pick_device
 from dragon_server.engine.request import ModelError
-from dragon_server.engine.unet import features_from, head, trunk, unet_forward
+from dragon_server.engine.unet import advance, features_from, head, trunk, unet_forward
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,16 @@ def test_early_exit_skips_the_last_decoder_block(parts):
     called = []
     hook = unet.up_blocks[3].register_forward_hook(lambda *a: called.append(1))
     try:
-        feats = features_from(unet, trunk(unet, z, t, text))
+        feats, midway = features_from(unet, trunk(unet, z, t, text))
     finally:
         hook.remove()
     assert called == []
     assert [f.shape[-1] for f in feats] == [8, 16]  # H/16 and H/8 of a 128 px image
     with torch.no_grad():
-        blocks = head(unet, trunk(unet, z, t, text), stop_after=3)
-    assert torch.allclose(blocks[0], feats[0]) and torch.allclose(blocks[1], feats[1])
+        blocks, _ = advance(unet, trunk(unet, z, t, text), 3)
+        assert torch.allclose(blocks[0], feats[0]) and torch.allclose(blocks[1], feats[1])
+        # the same pass finishes from where the features stopped: the noise of a plain forward
+        assert torch.allclose(head(unet, midway), unet_forward(unet, z, t, text), atol=1e-5)
 
 
 def test_trunk_is_free_of_decoder_self_attention_and_shared_exactly(parts):

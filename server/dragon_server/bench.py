@@ -1,8 +1,9 @@
 """`dragon bench` (also `python -m dragon_server.bench`): the cost of an edit, stage by stage, for a
 first edit and a repeat edit of the same picture with another arrow, next to a `reference` schedule
-that reproduces the cost profile of the authors' release in the same process (no reuse between
-edits, CFG always on, guidance-branch features recomputed at every guided evaluation, the memory
-bank kept in host memory and moved at each use)."""
+that reproduces the cost profile of the authors' release in the same process (its guidance: features
+from a separate pass, two backward passes per guided step; no reuse between edits, CFG always on,
+guidance-branch features recomputed at every guided evaluation, feature and noise passes apart, the
+memory bank kept in host memory and moved at each use)."""
 
 from __future__ import annotations
 
@@ -57,13 +58,21 @@ def measure(engine: Engine, request: EditRequest, count_flops: bool) -> Dict[str
     return meter.report()
 
 
-def run_size(components, size: int, steps: int, count_flops: bool, reference_repeat: bool) -> Dict[str, object]:
+def edits(size: int, steps: int, settings: Dict[str, float]):
+    """The benchmark's first edit and repeat edit (same picture, another arrow)."""
     image, mask, c = scene(size)
+    common = dict(mask=mask, steps=steps, working_area=size * size, settings=settings)
+    return (EditRequest(Mode.MOVE, image, arrows=[(c[0], c[1], c[0] + 0.25 * size, c[1])], **common),
+            EditRequest(Mode.MOVE, image, arrows=[(c[0], c[1], c[0], c[1] + 0.2 * size)], **common))
+
+
+def run_size(components, size: int, steps: int, count_flops: bool, reference_repeat: bool,
+             guidance: str = "paper") -> Dict[str, object]:
+    """Our first and repeat edit with `guidance` (paper or release), and the reference schedule's, which
+    always computes the release's guidance."""
+    first, repeat = edits(size, steps, {"release_guidance": 1} if guidance == "release" else {})
+    reference_first, reference_repeat_edit = edits(size, steps, {"release_guidance": 1})
     area = size * size
-    first = EditRequest(Mode.MOVE, image, mask=mask, arrows=[(c[0], c[1], c[0] + 0.25 * size, c[1])],
-                        steps=steps, working_area=area)
-    repeat = EditRequest(Mode.MOVE, image, mask=mask, arrows=[(c[0], c[1], c[0], c[1] + 0.2 * size)],
-                         steps=steps, working_area=area)
     ours = Engine(components, cache_bytes=1 << 40)  # the benchmark measures reuse: keep what it makes
     reference = Engine(components, economy=Economy.reference())
     # Warm up (lazy initialisation, kernel selection) on another picture, outside the figures.
@@ -73,15 +82,16 @@ def run_size(components, size: int, steps: int, count_flops: bool, reference_rep
     runs = {
         "ours_first": measure(ours, first, count_flops),
         "ours_repeat": measure(ours, repeat, count_flops),
-        "reference_first": measure(reference, first, count_flops),
+        "reference_first": measure(reference, reference_first, count_flops),
     }
-    runs["reference_repeat"] = measure(reference, repeat, count_flops) if reference_repeat else runs["reference_first"]
+    runs["reference_repeat"] = (measure(reference, reference_repeat_edit, count_flops) if reference_repeat
+                                else runs["reference_first"])
     ratios = {}
     for kind in ("first", "repeat"):
         ours_total, ref_total = runs[f"ours_{kind}"]["total"], runs[f"reference_{kind}"]["total"]
         ratios[kind] = {key: ours_total.get(key, 0) / ref_total[key] for key in ("seconds", "flops", "peak_bytes")
                         if ref_total.get(key)}
-    return {"runs": runs, "ratios": ratios, "cache_bytes": ours.cache.nbytes,
+    return {"guidance": guidance, "runs": runs, "ratios": ratios, "cache_bytes": ours.cache.nbytes,
             "reference_repeat_measured": reference_repeat}
 
 
@@ -181,6 +191,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
+    p.add_argument("--guidance", choices=["paper", "release"], default="paper",
+                   help="how our edits compute guidance (default: paper); the reference always uses the release's")
     p.add_argument("--reference-once", action="store_true",
                    help="run the reference schedule once: it has no reuse, so its repeat costs the same")
     p.add_argument("--protocol", type=int, metavar="SIZE",
@@ -215,13 +227,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report: Dict[str, object] = {
         "model": args.model, "device": str(components.device), "dtype": str(components.dtype).replace("torch.", ""),
-        "steps": args.steps, "machine": machine(components.device), "sizes": {},
+        "steps": args.steps, "guidance": args.guidance, "machine": machine(components.device), "sizes": {},
     }
     sys.stdout.write(f"dragon bench: {args.model} on {components.device} "
                      f"({report['machine'].get('gpu', platform.processor() or 'CPU')}), {report['dtype']}, "
-                     f"{args.steps} steps\n")
+                     f"{args.steps} steps, {args.guidance} guidance against the reference\n")
     for size in sizes:
-        result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once)
+        result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once, args.guidance)
         report["sizes"][str(size)] = result
         print_table(size, result)
         sys.stdout.flush()

@@ -2,8 +2,10 @@
 scalars whose gradients with respect to the latent steer the edit.
 
 Features are (1, C, H, W) maps on the guidance grid; masks are (H, W) weights in [0, 1]. Every mode
-returns two energies: the edit energy (its gradient acts inside the edit region) and the content
-energy (its gradient acts outside). Reference features never carry gradients.
+returns two energies, grouped as the authors' release groups them: the edit energy and the content
+energy. The paper's guidance differentiates their sum; the release's differentiates them apart and
+keeps the edit energy's gradient inside the edit region, the content energy's outside it. Reference
+features never carry gradients.
 """
 
 from __future__ import annotations
@@ -52,14 +54,14 @@ class MoveRegions:
 
 def move_energy(gen: torch.Tensor, guide: torch.Tensor, placed: torch.Tensor, r: MoveRegions,
                 s: MethodSettings) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Move / resize: the placed object's features at the target (edit), the rest unchanged (content),
-    the vacated area unlike the object (contrast, eq. 7) and like the background on average (inpaint,
-    eq. 8). `placed` is the source features moved and scaled to the target."""
+    """Move / resize: the placed object's features at the target (edit); the rest unchanged, the vacated
+    area unlike the object (contrast, eq. 7) and like the background on average (inpaint, eq. 8), all
+    outside the target (content). `placed` is the source features moved and scaled to the target."""
     edit = attraction(similarity(gen, placed, r.target), s.w_edit, s)
-    if r.has_vacated:
-        edit = edit + s.w_contrast * similarity(gen, guide, r.vacated)
-        edit = edit + attraction(mean_similarity(gen, r.vacated, guide, r.background), s.w_inpaint, s)
     content = attraction(similarity(gen, guide, r.share), s.w_content, s)
+    if r.has_vacated:
+        content = content + s.w_contrast * similarity(gen, guide, r.vacated)
+        content = content + attraction(mean_similarity(gen, r.vacated, guide, r.background), s.w_inpaint, s)
     return edit, content
 
 

@@ -51,7 +51,8 @@ class Economy:
     bank_on_device: bool = True
     """The memory bank stays on the device instead of going to host memory and back."""
     share_trunk: bool = True
-    """A guided step's feature pass and noise pass share the start of the UNet."""
+    """With release guidance, a guided step's feature pass and noise pass share the start of the UNet
+    (the paper's guidance shares the whole pass)."""
 
     @classmethod
     def reference(cls) -> Economy:

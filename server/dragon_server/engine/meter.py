@@ -13,6 +13,27 @@ from typing import Dict, Iterator, List, Optional
 import torch
 
 
+def _cpu_attention_formulas() -> Dict[object, object]:
+    """PyTorch's flop counter knows the GPU kernels of scaled_dot_product_attention but not the CPU's
+    fused one, whose FLOPs it would silently leave out; it is the same attention, so the same counts
+    apply."""
+    from torch.utils import flop_counter
+
+    def forward(query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    def backward(grad_out, query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+    formulas = {}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
+        if hasattr(torch.ops.aten, name):
+            formula._get_raw = True  # called with the op's arguments, not their shapes
+            formulas[getattr(torch.ops.aten, name)] = formula
+    return formulas
+
+
 class Meter:
     """Collects figures per stage while it is active (`with meter.active():`)."""
 
@@ -29,7 +50,8 @@ class Meter:
     def active(self) -> Iterator[Meter]:
         from torch.utils.flop_counter import FlopCounterMode
 
-        counter = FlopCounterMode(display=False) if self.count_flops else contextlib.nullcontext()
+        counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) if self.count_flops \
+            else contextlib.nullcontext()
         with counter:
             self._flops = counter if self.count_flops else None
             self._stack = ["other"]

@@ -28,11 +28,13 @@ Energies = Tuple[torch.Tensor, torch.Tensor]
 @dataclass
 class Guide:
     """One edit's steering. `energy(features, step)` gives (edit, content) energies of the generation
-    branch's features; `edit_region` (latent grid) is where the edit gradient and regional SDE act;
-    `start` is z_T; `attend(step)` sets up cross-branch self-attention for that step's denoising."""
+    branch's features; on the latent grid, `edit_region` is where regional SDE acts and
+    `gradient_region` where the edit energy's gradient acts when the two are kept apart (release
+    guidance); `start` is z_T; `attend(step)` sets up cross-branch self-attention for that step."""
 
     energy: Callable[[List[torch.Tensor], int], Energies]
     edit_region: torch.Tensor
+    gradient_region: torch.Tensor
     start: torch.Tensor
     attend: Callable[[int], ContextManager]
 
@@ -126,6 +128,7 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
         target_lat = on_grid(plan.target_mask, factor=LATENT_FACTOR)
         obj_lat = on_grid(plan.source_mask, factor=LATENT_FACTOR) if mode == Mode.MOVE else target_lat
         edit_region = binary(torch.maximum(obj_lat, target_lat))
+        gradient_region = binary(target_lat)
         lat_grid = sampling_grid(_placement_on(plan, src_frame, LATENT_FACTOR), lat_hw, lat_hw, dev)
         start = torch.where(target_lat[None, None] > 0.5, warp(src_state.noise, lat_grid), z_t)
     elif mode == Mode.APPEARANCE:
@@ -138,7 +141,7 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
             return _layer_mean(
                 lambda k, gen: E.appearance_energy(gen, guide_f[k], ref_f[k], regions_a, settings), features)
 
-        edit_region = binary(on_grid(plan.source_mask, factor=LATENT_FACTOR))
+        edit_region = gradient_region = binary(on_grid(plan.source_mask, factor=LATENT_FACTOR))
         start = z_t
     else:
         to_grid = frame.to(GRID_FACTOR)
@@ -164,7 +167,7 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
             guide_f = features_of(source, step)
             return _layer_mean(lambda k, gen: E.drag_energy(gen, guide_f[k], regions_d, settings), features)
 
-        edit_region = binary(on_grid(plan.region, factor=LATENT_FACTOR))
+        edit_region = gradient_region = binary(on_grid(plan.region, factor=LATENT_FACTOR))
 
     if mode == Mode.MOVE:
         def attend(step: int) -> ContextManager:
@@ -185,4 +188,4 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
     def energy_on_grid(features: List[torch.Tensor], step: int) -> Energies:
         return energy(on_grid_features(features, grid_hw), step)
 
-    return Guide(energy_on_grid, edit_region, start, attend)
+    return Guide(energy_on_grid, edit_region, gradient_region, start, attend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import ContextManager, Dict, List, Optional
+from typing import ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -66,6 +66,11 @@ class Runner:
     def features_from(self, state: Trunk) -> List[torch.Tensor]:
         """Guidance features, continuing an early-exit pass from `state`."""
         self.count("features", state.h.shape[0])
+        return features_from(self.c.unet, state)[0]
+
+    def features_midway(self, state: Trunk) -> Tuple[List[torch.Tensor], Trunk]:
+        """Guidance features continuing a forward from `state`, and the state after them, from which
+        `noise_from` finishes the same pass (counted there, as one forward)."""
         return features_from(self.c.unet, state)
 
     @torch.no_grad()

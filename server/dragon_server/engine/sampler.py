@@ -28,11 +28,32 @@ def predict_noise(runner: Runner, z: torch.Tensor, t: torch.Tensor, text: torch.
 
 
 def guided_noise(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                 uncond: Optional[torch.Tensor], cfg_scale: float, step: int,
+                 uncond: Optional[torch.Tensor], settings: MethodSettings, step: int,
                  share_trunk: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Predicted noise and d(energy)/d(z) of a guided step: the edit energy's gradient inside the edit
-    region, the content energy's outside. The feature pass and the noise pass share their trunk
-    (`share_trunk=False` runs them apart, as the release does, for benchmarks)."""
+    """Predicted noise and d(energy)/d(z) of a guided step, as the paper computes them: one pass of the
+    generation branch, with its cross-branch attention, gives both the features and the noise, and
+    one backward pass the gradient of the total energy. With `settings.release_guidance`, as the
+    authors' release does instead (see `release_guided_noise`)."""
+    if settings.release_guidance:
+        return release_guided_noise(runner, guide, z, t, text, uncond, settings.cfg_scale, step, share_trunk)
+    with guide.attend(step):
+        with runner.stage("guidance"), torch.enable_grad():
+            x = z.detach().requires_grad_(True)
+            features, rest = runner.features_midway(runner.trunk(x, t, text))
+            edit, content = guide.energy(features, step)
+            (edit + content).backward()
+            runner.count("backward", 1)
+        eps = with_cfg(runner, runner.noise_from(rest), z, t, uncond, settings.cfg_scale)
+    return eps, x.grad
+
+
+def release_guided_noise(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                         uncond: Optional[torch.Tensor], cfg_scale: float, step: int,
+                         share_trunk: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The release's guided step: features from a pass without cross-branch attention, the edit
+    energy's gradient kept inside the gradient region and the content energy's outside (two backward
+    passes). The feature pass and the noise pass share their trunk, which has no decoder
+    self-attention (`share_trunk=False` runs them apart, as the release does, for benchmarks)."""
     with runner.stage("guidance"), torch.enable_grad():
         x = z.detach().requires_grad_(True)
         state = runner.trunk(x, t, text)
@@ -42,16 +63,23 @@ def guided_noise(runner: Runner, guide: Guide, z: torch.Tensor, t: torch.Tensor,
         content.backward()
         grad_content = x.grad
         runner.count("backward", 2)
-    region = guide.edit_region
+    region = guide.gradient_region
     with guide.attend(step):
-        if not share_trunk:
-            eps = predict_noise(runner, z, t, text, uncond, cfg_scale)
+        if share_trunk:
+            eps = with_cfg(runner, runner.noise_from(state), z, t, uncond, cfg_scale)
         else:
-            eps = runner.noise_from(state)
-            if uncond is not None:
-                eps_uncond = runner.noise(z, t, uncond)
-                eps = eps_uncond + cfg_scale * (eps - eps_uncond)
+            eps = predict_noise(runner, z, t, text, uncond, cfg_scale)
     return eps, grad_edit * region + grad_content * (1 - region)
+
+
+def with_cfg(runner: Runner, eps_text: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+             uncond: Optional[torch.Tensor], cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance around an already predicted text-conditioned noise (none without
+    an unconditional embedding)."""
+    if uncond is None:
+        return eps_text
+    eps_uncond = runner.noise(z, t, uncond)
+    return eps_uncond + cfg_scale * (eps_text - eps_uncond)
 
 
 def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule, settings: MethodSettings,
@@ -70,7 +98,7 @@ def sample(runner: Runner, guide: Guide, timeline: Timeline, schedule: Schedule,
                 # Time travel: back up to step i's noise level by one inversion step, then denoise again.
                 z = ddim.invert_step(z, runner.noise(z, t, text), a_next, a)
             if i in schedule.guided and gain:
-                eps, gradient = guided_noise(runner, guide, z, t, text, uncond, settings.cfg_scale, i, share_trunk)
+                eps, gradient = guided_noise(runner, guide, z, t, text, uncond, settings, i, share_trunk)
                 eps_x0 = eps + gain * gradient
             else:
                 with guide.attend(i):

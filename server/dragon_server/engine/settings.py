@@ -46,6 +46,12 @@ class MethodSettings:
     bank_end: float = 1.0
     drag_patch: int = 3
     """Side, in cells of the feature grid (a quarter of the working size), of a drag point's patch."""
+    release_guidance: bool = False
+    """How a guided step computes its gradient. Off (the paper, eqs. 5-6 and fig. 2): the generation
+    branch's features come from the same UNet pass that predicts the noise, cross-branch attention
+    included, and the gradient is that of the total energy (one backward pass). On (the authors'
+    release): the features come from a separate pass without cross-branch attention, and the edit and
+    content energies are differentiated apart (two backward passes), each gradient kept in its region."""
 
     @classmethod
     def for_mode(cls, mode: Mode, overrides: Mapping[str, float] = ()) -> MethodSettings:
@@ -62,9 +68,15 @@ class MethodSettings:
         for key, value in overrides.items():
             if key not in names:
                 raise InputError(f"unknown setting '{key}': known settings are {', '.join(sorted(names))}")
+            kind = names[key].type
+            if kind == "bool":
+                if value not in (0, 1) or not isinstance(value, (int, float)):
+                    raise InputError(f"setting '{key}' is a switch: give 0 (off) or 1 (on), got {value!r}")
+                overrides[key] = bool(value)
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise InputError(f"setting '{key}' must be a finite number, got {value!r}")
-            if names[key].type == "int":
+            if kind == "int":
                 if value != int(value) or value < 1:
                     raise InputError(f"setting '{key}' must be a positive whole number, got {value!r}")
                 overrides[key] = int(value)

@@ -10,7 +10,7 @@ guided step computes it once for both the guidance features and the predicted no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,8 @@ FEATURE_BLOCKS = (1, 2)
 
 @dataclass
 class Trunk:
-    """The UNet's state after the blocks that have no decoder self-attention."""
+    """A forward stopped between decoder blocks: by `trunk`, after the blocks that have no decoder
+    self-attention; by `advance`, after any later block."""
 
     h: torch.Tensor
     skips: Tuple[torch.Tensor, ...]
@@ -64,18 +65,21 @@ def trunk(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tens
     return Trunk(h, skips, emb, text, first)
 
 
-def head(unet: UNet2DConditionModel, state: Trunk, stop_after: Optional[int] = None):
-    """The rest of the forward from `state`: the predicted noise, or with `stop_after=k` the list of
-    the outputs of decoder blocks from the trunk's end to k (nothing after block k runs)."""
+def advance(unet: UNet2DConditionModel, state: Trunk, through: int) -> Tuple[List[torch.Tensor], Trunk]:
+    """Run decoder blocks from the state's next one through block `through`: their outputs, and the
+    state after them, from which `head` finishes the same forward."""
     h, skips = state.h, state.skips
     outputs: List[torch.Tensor] = []
-    for i in range(state.next_block, len(unet.up_blocks)):
+    for i in range(state.next_block, through + 1):
         h, skips = _up(unet.up_blocks[i], h, skips, state.emb, state.text)
-        if stop_after is not None:
-            outputs.append(h)
-            if i == stop_after:
-                return outputs
-    return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+        outputs.append(h)
+    return outputs, Trunk(h, skips, state.emb, state.text, through + 1)
+
+
+def head(unet: UNet2DConditionModel, state: Trunk) -> torch.Tensor:
+    """The rest of the forward from `state`: the predicted noise."""
+    _, end = advance(unet, state, len(unet.up_blocks) - 1)
+    return unet.conv_out(unet.conv_act(unet.conv_norm_out(end.h)))
 
 
 def unet_forward(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor,
@@ -84,11 +88,12 @@ def unet_forward(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: tor
     return head(unet, trunk(unet, sample, timestep, text))
 
 
-def features_from(unet: UNet2DConditionModel, state: Trunk) -> List[torch.Tensor]:
+def features_from(unet: UNet2DConditionModel, state: Trunk) -> Tuple[List[torch.Tensor], Trunk]:
     """Guidance features at their own resolutions: the outputs of decoder blocks 1 and 2 (H/16 and H/8
-    of the image for SD 1.5). Differentiable with respect to the sample the trunk came from."""
-    outputs = head(unet, state, stop_after=max(FEATURE_BLOCKS))
-    return [outputs[i - state.next_block] for i in FEATURE_BLOCKS]
+    of the image for SD 1.5), differentiable with respect to the sample the trunk came from; and the
+    state after block 2 (nothing after it has run: a feature pass may stop there)."""
+    outputs, end = advance(unet, state, max(FEATURE_BLOCKS))
+    return [outputs[i - state.next_block] for i in FEATURE_BLOCKS], end
 
 
 def on_grid(features: List[torch.Tensor], size: Tuple[int, int]) -> List[torch.Tensor]:
