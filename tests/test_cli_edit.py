@@ -53,6 +53,16 @@ def test_every_mode_writes_the_edit_and_a_json_summary(files, name, capsys, monk
     assert (np.asarray(edited)[m == 0] == np.asarray(original)[m == 0]).all()
 
 
+def test_guidance_option_picks_the_release_gradients(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    counts = {}
+    for guidance in ("paper", "release"):
+        assert main(["edit", "image.png", *MODES["move"], "--out", f"g-{guidance}.png", "--model", "tiny",
+                     "--steps", "6", "--json", "--guidance", guidance]) == 0
+        counts[guidance] = json.loads(capsys.readouterr().out)["unet_evaluations"]
+    assert counts["release"]["backward"] == 2 * counts["paper"]["backward"] > 0
+
+
 ERRORS = [
     (["--mode", "move", "--mask", "small_mask.png", "--arrow", "1,1,2,2"], "is 64x64 but its image is 128x128"),
     (["--mode", "move", "--mask", "mask.png", "--arrow", "500,1,2,2"], "outside the 128x128 image"),
@@ -65,6 +75,7 @@ ERRORS = [
     (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--model", "gone.safetensors"],
      "checkpoint gone.safetensors does not exist"),
     (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--set", "w_edit"], "NAME=NUMBER"),
+    (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--set", "release_guidance=2"], "a switch"),
 ]
 
 

@@ -187,6 +187,14 @@ def test_too_many_arrows():
         prepare_edit(EditSettings(mode="Drag"), doc, "r")
 
 
+def test_release_guidance_is_sent_as_a_setting_and_named():
+    default = prepare_edit(EditSettings(), FakeDocument(), "a")
+    assert default.message.settings == {} and "guidance" not in default.layer_name
+    release = prepare_edit(EditSettings(release_guidance=True), FakeDocument(), "b")
+    assert decode(encode(release.message)).settings == {"release_guidance": 1.0}
+    assert release.layer_name.endswith("seed 0, release guidance)")
+
+
 def test_layer_names():
     move = EditSettings(mode="Move", seed=3)
     assert layer_name(move, [(0, 0, 5.4, -3)]) == "Dragon Move (dx +5, dy -3, strength 1, steps 50, seed 3)"

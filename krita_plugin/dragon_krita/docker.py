@@ -92,6 +92,12 @@ class DragonDocker(DockWidget):
         self.visible = QCheckBox("Use the visible canvas instead of the active layer")
         self.preview = QCheckBox("Live preview")
         self.preview.setChecked(_setting("preview", "True") == "True")
+        self.release_guidance = QCheckBox("Release guidance (slower)")
+        self.release_guidance.setToolTip(
+            "Compute the guidance as the authors' release does: two gradients from a separate feature pass, "
+            "about a third more work than the paper's one-pass guidance (the default)."
+        )
+        self.release_guidance.setChecked(_setting("release_guidance", "False") == "True")
         self.rows = {
             "scale": ("Scale", self.scale),
             "strength": ("Strength", self.strength),
@@ -106,6 +112,7 @@ class DragonDocker(DockWidget):
             form.addRow(self.labels[key], widget)
         form.addRow(self.visible)
         form.addRow(self.preview)
+        form.addRow(self.release_guidance)
         layout.addLayout(form)
 
         guides = QPushButton("Guide layer")
@@ -200,6 +207,7 @@ class DragonDocker(DockWidget):
             preview=self.preview.isChecked(),
             visible_canvas=self.visible.isChecked(),
             reference=self.reference.currentText(),
+            release_guidance=self.release_guidance.isChecked(),
         )
 
     def edit(self) -> None:
@@ -207,6 +215,7 @@ class DragonDocker(DockWidget):
         _save("mode", settings.mode)
         _save("steps", settings.steps)
         _save("preview", settings.preview)
+        _save("release_guidance", settings.release_guidance)
         try:
             self.controller.start_edit(settings)
         except PluginError as exc:

@@ -41,6 +41,8 @@ class EditSettings:
     """Send the visible canvas instead of the active layer's pixels."""
     reference: str = ""
     """Name of the reference layer (appearance and paste)."""
+    release_guidance: bool = False
+    """Compute guidance as the authors' release does (two gradients; slower) instead of as the paper does."""
 
     def check(self) -> None:
         """PluginError(bad_parameter) when a value is outside what the server accepts."""
@@ -152,6 +154,8 @@ def layer_name(settings: EditSettings, arrows: List[Arrow]) -> str:
     if settings.prompt:
         parts.append(f'"{settings.prompt[:30]}"')
     parts += [f"strength {settings.strength:g}", f"steps {settings.steps}", f"seed {settings.seed}"]
+    if settings.release_guidance:
+        parts.append("release guidance")
     return f"Dragon {settings.mode} ({', '.join(parts)})"
 
 
@@ -231,6 +235,7 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         scale=settings.scale,
         context=settings.context,
         preview_interval=1.0 if settings.preview else 0.0,
+        settings={"release_guidance": 1.0} if settings.release_guidance else {},
     )
     return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba)
 

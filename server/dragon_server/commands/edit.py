@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, default=1.0, help="multiplies the mode's guidance strength")
     p.add_argument("--working-area", type=int, help="pixel area the edit region is scaled to")
+    p.add_argument("--guidance", choices=["paper", "release"], default="paper",
+                   help="paper (default): one UNet pass per guided step gives features and noise, one gradient "
+                        "of the total energy; release: the authors' release's two gradients, each kept in its "
+                        "region, from a separate feature pass (slower)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", type=_setting,
                    help="override one of the method's weights or schedule values")
     p.add_argument("--model", default="sd15", help="sd15 (default, downloaded once), tiny, sd15-random, "
@@ -103,6 +107,8 @@ class _Bars:
 def build_request(args: argparse.Namespace) -> EditRequest:
     """The EditRequest described by the command line (files opened, nothing checked yet)."""
     settings: Dict[str, float] = dict(args.set)
+    if args.guidance == "release":
+        settings.setdefault("release_guidance", 1)
     return EditRequest(
         mode=Mode(args.mode), image=_open(args.image, "image"), mask=_open(args.mask, "mask"),
         arrows=list(args.arrow), scale=args.scale, reference=_open(args.reference, "reference image"),
