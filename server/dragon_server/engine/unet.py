@@ -1,10 +1,12 @@
-"""The SD 1.x UNet forward, written out so that it can stop early and share its start.
+"""The SD 1.x UNet forward, written out so that it can stop between decoder blocks and go on later.
 
-DragonDiffusion's guidance needs only the outputs of decoder blocks 1 and 2; stopping right after
-block 2 skips the last (largest) decoder block, and it uses the same weights as the full forward, so
-no second, truncated copy of the UNet is kept. Everything before the first decoder self-attention
-(the trunk: encoder, middle block, decoder block 0) does not depend on cross-branch attention, so a
-guided step computes it once for both the guidance features and the predicted noise.
+DragonDiffusion's guidance needs only the outputs of decoder blocks 1 and 2. A feature pass stops
+right after block 2, skipping the last (largest) decoder block with the same weights as the full
+forward, so no second, truncated copy of the UNet is kept. The paper's guided step takes the features
+midway through the pass that predicts the noise and finishes that pass from there. The release's
+guided step runs its feature pass without cross-branch attention; everything before the first
+decoder self-attention (the trunk: encoder, middle block, decoder block 0) does not depend on that
+attention, so the trunk is computed once for its feature pass and its noise pass.
 """
 
 from __future__ import annotations
