@@ -181,3 +181,26 @@ def test_token_masks_follow_the_masks_and_never_shut_everything_out():
     assert image[:, :4].all() and not image[:, 4:].any()
     assert ref.all()  # an empty reference mask would leave nothing to attend to: all tokens instead
     assert masks(64) is masks(64)  # made once per layer size
+
+
+def test_own_keys_and_values_are_computed_only_when_attended_to(parts):
+    runner, z, t, text = parts
+    bank = MemoryBank()
+    with runner.attention.recording(bank, 0):
+        runner.noise(z, t, text)
+    layer = runner.c.unet.up_blocks[1].attentions[0].transformer_blocks[0].attn1
+    calls = []
+    hooks = [layer.to_k.register_forward_hook(lambda *a: calls.append("k")),
+             layer.to_v.register_forward_hook(lambda *a: calls.append("v"))]
+    keep_all = torch.ones(16, 16)
+    try:
+        for action, expected in ((runner.attention.replacing(bank, 0), []),
+                                 (runner.attention.masked(bank, bank, TokenMasks(keep_all, keep_all), 0), []),
+                                 (runner.attention.joining(bank, 0), ["k", "v"])):
+            calls.clear()
+            with action:
+                runner.noise(z, t, text)
+            assert calls == expected
+    finally:
+        for hook in hooks:
+            hook.remove()

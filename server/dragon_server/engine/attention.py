@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -121,21 +121,25 @@ class CrossBranchAttention:
         image, the object's look from the reference (appearance, paste)."""
         return self._acting(_Action("masked", step, bank, ref_bank, masks))
 
-    def exchange(self, layer: str, k: torch.Tensor, v: torch.Tensor):
-        """Keys, values and boolean key mask that the layer `layer` attends to."""
+    def exchange(self, layer: str, hidden_states: torch.Tensor, own: Callable[[], KV]):
+        """Keys, values and boolean key mask that the layer `layer` attends to, for a batch of
+        `hidden_states`; `own()` computes the layer's own keys and values, only when the action uses
+        them (replace and masked do not)."""
         act = self.action
         if act is None:
-            return k, v, None
+            return (*own(), None)
         if act.kind == "record":
+            k, v = own()
             act.bank.put(act.step, layer, k, v)
             return k, v, None
-        batch = k.shape[0]
-        bk, bv = act.bank.get(act.step, layer, k.device)
+        batch, device = hidden_states.shape[0], hidden_states.device
+        bk, bv = act.bank.get(act.step, layer, device)
         if act.kind == "replace":
             return bk.expand(batch, -1, -1), bv.expand(batch, -1, -1), None
         if act.kind == "concat":
+            k, v = own()
             return torch.cat([k, bk.expand(batch, -1, -1)], 1), torch.cat([v, bv.expand(batch, -1, -1)], 1), None
-        rk, rv = act.ref_bank.get(act.step, layer, k.device)
+        rk, rv = act.ref_bank.get(act.step, layer, device)
         keys = torch.cat([bk, rk], 1).expand(batch, -1, -1)
         values = torch.cat([bv, rv], 1).expand(batch, -1, -1)
         return keys, values, act.masks(bk.shape[1])
@@ -150,7 +154,8 @@ class _BranchProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         batch, tokens, _ = hidden_states.shape
         q = attn.to_q(hidden_states)
-        k, v, mask = self.control.exchange(self.name, attn.to_k(hidden_states), attn.to_v(hidden_states))
+        k, v, mask = self.control.exchange(
+            self.name, hidden_states, lambda: (attn.to_k(hidden_states), attn.to_v(hidden_states)))
         heads = attn.heads
         dim = q.shape[-1] // heads
 
