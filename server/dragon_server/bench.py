@@ -178,10 +178,22 @@ def print_table(size: int, result: Dict[str, object]) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure the cost of edits against the release's cost profile",
+    """`dragon bench` (cost), with the subcommands `quality` and `dragbench` (what edits achieve)."""
+    from dragon_server import dragbench, quality
+
+    p = sub.add_parser("bench", help="measure the cost of edits (or, with a subcommand, their quality)",
                        description=__doc__)
     add_arguments(p)
     p.set_defaults(run=run)
+    kinds = p.add_subparsers(dest="bench", metavar="{quality,dragbench}", parser_class=type(p))
+    q = kinds.add_parser("quality", help="edits with known answers on synthetic scenes: table and contact sheet",
+                         description=quality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    quality.add_arguments(q)
+    q.set_defaults(run=quality.run)
+    d = kinds.add_parser("dragbench", help="run a DragBench folder through drag mode: mean distance and 1 - LPIPS",
+                         description=dragbench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dragbench.add_arguments(d)
+    d.set_defaults(run=dragbench.run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

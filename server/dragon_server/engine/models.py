@@ -20,7 +20,12 @@ from dragon_server.engine.request import ModelError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-MODEL_ALIASES = {"sd15": DEFAULT_MODEL}
+TOY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy", "model")
+"""The small model trained on procedural scenes that ships with the package (`dragon train-toy`)."""
+MODEL_ALIASES = {"sd15": DEFAULT_MODEL, "toy": TOY_MODEL}
+MODEL_DEFAULTS_FILE = "dragon.json"
+"""Optional file in a diffusers folder with the model's own defaults: `working_area` (pixels, the
+area the region of interest is scaled to) and `strength` (factor on every edit's guidance strength)."""
 RANDOM_MODELS = ("tiny", "sd15-random")
 
 SD15_SCHEDULER = dict(
@@ -49,6 +54,9 @@ class Components:
     dtype: torch.dtype
     default_area: int
     """Pixel area the region of interest is scaled to when a request does not say."""
+    strength: float = 1.0
+    """The model's own factor on every edit's guidance strength (a request's strength 1 means this);
+    from the folder's dragon.json, 1 for SD 1.5. Small models trained briefly need more guidance."""
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -172,6 +180,27 @@ def check_sd1_checkpoint(path: str) -> None:
         raise ModelError(f"{path} is {kind}: DragonDiffusion here needs a Stable Diffusion 1.x checkpoint")
 
 
+def model_defaults(folder: str) -> dict:
+    """The defaults a model folder's dragon.json sets (`working_area`, `strength`), checked; {} when
+    it has none. Raises ModelError when the file is malformed."""
+    path = os.path.join(folder, MODEL_DEFAULTS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not readable JSON ({exc.__class__.__name__}): fix or remove it") from None
+    out = {}
+    for key, kind in (("working_area", int), ("strength", float)):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+                raise ModelError(f"{path}: '{key}' must be a positive number, got {value!r}")
+            out[key] = kind(value)
+    return out
+
+
 def _download(repo: str, variant: Optional[str]) -> str:
     """Fetch the files the engine uses from the hub (progress bars from huggingface_hub), or say why not."""
     from huggingface_hub import snapshot_download
@@ -232,7 +261,8 @@ def _from_single_file(path: str, dtype: torch.dtype) -> tuple:
 
 def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[str] = None) -> Components:
     """Load a model once: `sd15` (hub, cached), a hub repo id, a diffusers folder, a .safetensors/.ckpt
-    file, `tiny` or `sd15-random` (random weights, no download)."""
+    file, `toy` (the packaged model trained on procedural scenes), `tiny` or `sd15-random` (random
+    weights, no download)."""
     import diffusers
     import transformers
 
@@ -242,12 +272,16 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
     dt = pick_dtype(dev, dtype)
     variant = "fp16" if dt != torch.float32 else None
     name = MODEL_ALIASES.get(model, model)
+    defaults: dict = {}
     if name in RANDOM_MODELS:
         parts = build_random(name)
         area = 128 * 128 if name == "tiny" else 768 * 768
+    elif name == TOY_MODEL and not os.path.isdir(name):
+        raise ModelError(f"the toy model is missing from {name}: reinstall the package or run dragon train-toy")
     elif os.path.isdir(name):
+        defaults = model_defaults(name)
         parts = _from_folder(name, dt, variant)
-        area = 768 * 768
+        area = defaults.get("working_area", 768 * 768)
     elif name.endswith((".safetensors", ".ckpt")):
         if not os.path.isfile(name):
             raise ModelError(f"checkpoint {name} does not exist: give the path of a .safetensors or .ckpt file")
@@ -261,7 +295,7 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
         raise ModelError(f"model {name} does not exist: give a diffusers model folder or a .safetensors/.ckpt file")
     else:
         raise ModelError(
-            f"unknown model '{model}': use sd15, tiny, sd15-random, a hub id like owner/name, "
+            f"unknown model '{model}': use sd15, toy, tiny, sd15-random, a hub id like owner/name, "
             "a diffusers folder or a .safetensors/.ckpt file"
         )
     unet, vae, text_encoder, tokenizer, scheduler = parts
@@ -271,4 +305,5 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
             module.to(dtype=dt)
     if name not in RANDOM_MODELS:
         check_sd1(dict(unet.config), name)
-    return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area,
+                      defaults.get("strength", 1.0))

@@ -118,3 +118,7 @@ class EditResult:
     timings: Dict[str, float]
     unet_evaluations: Dict[str, int]
     working_size: Tuple[int, int]
+    raw: Optional[Image.Image] = None
+    """The model's own output for the region of interest (RGB, `working_size`), before the paste-back."""
+    raw_box: Optional[Tuple[int, int, int, int]] = None
+    """(x0, y0, x1, y1) in the input image's pixels that `raw` shows (it may reach past the edges)."""
