@@ -1,0 +1,88 @@
+"""Edits do what they say, measured with the trained `toy` model on synthetic scenes with known answers.
+
+Margins come from measured figures (docs/QUALITY.md) with slack; each test fails if the method stops
+working (guidance no better than the strength-0 control)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dragon_server.cli import main
+from dragon_server.engine import EditRequest, Engine, Mode
+from dragon_server.quality import cases, prepare, psnr, request_for, score
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return Engine.load("toy", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def figures(toy):
+    """Figures of the cases the tests look at, per condition, computed once."""
+    wanted = {"move-disc": ("control", "release"), "drag-disc": ("control", "release"),
+              "resize-up": ("release",), "resize-down": ("release",), "appearance-disc": ("control", "release")}
+    out = {}
+    for case in cases():
+        for condition in wanted.get(case.name, ()):
+            prep = prepare(case)
+            out[case.name, condition] = score(case, prep, toy.edit(request_for(case, prep, condition, STEPS)))
+    return out
+
+
+def test_move_lands_nearer_the_target_with_less_ghost_than_the_control(figures):
+    guided, control = figures["move-disc", "release"], figures["move-disc", "control"]
+    assert guided["distance"] < control["distance"] - 10
+    assert guided["ghost"] < control["ghost"] - 0.3
+    assert guided["arrival"] > control["arrival"] + 0.3
+
+
+def test_drag_moves_the_handle_content_toward_the_target(figures):
+    guided, control = figures["drag-disc", "release"], figures["drag-disc", "control"]
+    assert guided["distance"] < control["distance"] - 8
+
+
+def test_resize_changes_the_area_in_the_right_direction(figures):
+    assert figures["resize-up", "release"]["size"] > 1.2
+    assert figures["resize-down", "release"]["size"] < 0.85
+
+
+def test_appearance_moves_the_colour_toward_the_reference(figures):
+    guided, control = figures["appearance-disc", "release"], figures["appearance-disc", "control"]
+    assert guided["colour"] < control["colour"] - 30
+
+
+def test_a_zero_length_arrow_changes_almost_nothing(toy):
+    case = cases()[0]
+    prep = prepare(case)
+    x, y = case.arrows[0][:2]
+    result = toy.edit(EditRequest(Mode.MOVE, prep.image, mask=prep.request["mask"], arrows=[(x, y, x, y)],
+                                  steps=STEPS))
+    assert psnr(np.asarray(result.image), np.asarray(prep.image)) > 40
+
+
+def test_background_far_from_the_edit_survives_in_the_model_output(figures):
+    assert figures["move-disc", "release"]["bg_psnr"] > 25
+
+
+def test_bench_quality_prints_the_table_and_writes_sheet_and_json(tmp_path, capsys):
+    sheet, report = tmp_path / "sheet.png", tmp_path / "q.json"
+    assert main(["bench", "quality", "--model", "tiny", "--device", "cpu", "--steps", "2", "--modes", "move,paste",
+                 "--conditions", "control,paper", "--sheet", str(sheet), "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "means per mode" in printed and "move-disc" in printed and "paste-square" in printed
+    rows = json.loads(report.read_text())["rows"]
+    assert {(r["case"], r["condition"]) for r in rows} == {
+        (c, k) for c in ("move-disc", "move-square", "paste-square") for k in ("control", "paper")}
+    assert all(r["distance"] is not None and r["seconds"] > 0 for r in rows)
+    with Image.open(sheet) as picture:
+        assert picture.size == (128 * 4, 14 + 142 * 3)
+
+
+def test_bench_quality_refuses_unknown_modes(capsys):
+    assert main(["bench", "quality", "--model", "tiny", "--modes", "spin"]) == 2
+    assert "unknown mode or condition spin" in capsys.readouterr().err
