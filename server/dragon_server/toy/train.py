@@ -1,7 +1,8 @@
 """Training the `toy` model on procedural scenes, on a CPU, in about an hour.
 
 Three stages, each resumable from the checkpoint file in the work folder:
-1. `vae`: an AutoencoderKL in the SD layout (8x, 4 latent channels), trained on random crops.
+1. `vae`: an AutoencoderKL in the SD layout (8x, 4 latent channels): hand-set (`toy.vae`, the
+   default) or trained on random crops.
 2. `data`: a fixed set of scenes encoded once to latents (posterior mean and standard deviation).
 3. `unet`: an SD 1.x-layout UNet (epsilon prediction, SD 1.5's noise schedule) trained on those
    latents with their captions (half of them dropped to the empty prompt), with an EMA of its weights.
@@ -30,6 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from dragon_server.engine.models import SD15_SCHEDULER, byte_level_tokenizer
 from dragon_server.toy.scenes import batch
+from dragon_server.toy.vae import analytic_latents, analytic_vae, toy_vae
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class TrainConfig:
     seed: int = 0
     size: int = 256
     """Scene side in pixels (latents are an eighth of it)."""
-    vae_steps: int = 1200
+    vae_steps: int = 0
+    """0: the hand-set VAE of `toy.vae` (the default); otherwise train one for this many steps."""
     vae_batch: int = 8
     vae_crop: int = 64
     vae_lr: float = 1e-3
@@ -58,20 +61,17 @@ class TrainConfig:
     drop_prompt: float = 0.5
 
 
-def build_parts(seed: int) -> Tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    """The toy model's architecture with initial weights from `seed`: an SD 1.x UNet (768-wide
-    cross-attention, 5.7 M parameters), an 8x VAE (1 M) and a one-layer CLIP text encoder (768 wide)."""
+def build_parts(config: TrainConfig) -> Tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """The toy model's architecture with initial weights from the config's seed: an SD 1.x UNet
+    (768-wide cross-attention, 5.7 M parameters), an 8x VAE (hand-set, or random to be trained) and a
+    one-layer CLIP text encoder (768 wide, random and frozen)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(config.seed)
         unet = UNet2DConditionModel(
-            sample_size=32, block_out_channels=(32, 64, 96, 128), layers_per_block=1, cross_attention_dim=768,
-            attention_head_dim=1, norm_num_groups=16,
+            sample_size=config.size // 8, block_out_channels=(32, 64, 96, 128), layers_per_block=1,
+            cross_attention_dim=768, attention_head_dim=1, norm_num_groups=16,
         )
-        vae = AutoencoderKL(
-            block_out_channels=(16, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-            sample_size=256,
-        )
+        vae = analytic_vae(config.size) if config.vae_steps == 0 else toy_vae(config.size)
         text = CLIPTextModel(CLIPTextConfig(
             vocab_size=514, hidden_size=768, intermediate_size=1536, num_hidden_layers=1, num_attention_heads=12,
             max_position_embeddings=77, projection_dim=768, bos_token_id=512, eos_token_id=513, pad_token_id=513,
@@ -87,7 +87,7 @@ class Trainer:
         self.work = work
         self.checkpoint_seconds = checkpoint_minutes * 60
         os.makedirs(work, exist_ok=True)
-        self.unet, self.vae, self.text = build_parts(config.seed)
+        self.unet, self.vae, self.text = build_parts(config)
         self.text.requires_grad_(False).eval()
         self.tokenizer = byte_level_tokenizer()
         self.scheduler = DDIMScheduler(**SD15_SCHEDULER)
@@ -184,9 +184,13 @@ class Trainer:
         per = 8
         for i in tqdm(range(0, c.scenes, per), desc="encoding scenes", unit="batch"):
             pics, caps = batch(c.seed + 3, i // per, min(per, c.scenes - i), c.size)
-            posterior = self.vae.encode(torch.from_numpy(pics)).latent_dist
-            means.append(posterior.mean)
-            stds.append(posterior.std)
+            if c.vae_steps == 0:
+                means.append(analytic_latents(torch.from_numpy(pics)))
+                stds.append(torch.zeros_like(means[-1]))
+            else:
+                posterior = self.vae.encode(torch.from_numpy(pics)).latent_dist
+                means.append(posterior.mean)
+                stds.append(posterior.std)
             captions.extend(caps)
         mean, std = torch.cat(means), torch.cat(stds)
         torch.save({"mean": mean, "std": std, "captions": captions}, self.data_path)
