@@ -32,9 +32,9 @@ from dragon_server.engine import EditRequest, Engine, Mode
 from dragon_server.engine.request import EditResult
 from dragon_server.toy.scenes import COLOURS, Background, Scene, Shape, render
 
-SIZE = 128
+SIZE = 256
 """Side of the benchmark's pictures in pixels (the toy model's working size)."""
-FAR = 16
+FAR = 24
 """Pixels from the edit beyond which the background must be unchanged."""
 COLOUR_MATCH = 70.0
 """RGB distance (0-255) under which a pixel counts as the object's colour."""
@@ -60,12 +60,20 @@ class Case:
     drag_region: Optional[Tuple[float, float, float, float]] = None
 
 
+U = SIZE / 128
+"""The cases below are written for 128-pixel pictures and scaled by U."""
+
+
 def _shape(kind: str, x: float, y: float, r: float, colour: str, angle: float = 0.0) -> Shape:
-    return Shape(kind, (x, y), r, COLOURS[colour], colour, angle=angle)
+    return Shape(kind, (x * U, y * U), r * U, COLOURS[colour], colour, angle=angle)
 
 
-def _bg(kind: str, a: str, b: str, period: float = 48.0, angle: float = 30.0, seed: int = 7) -> Background:
-    return Background(kind, (COLOURS[a], COLOURS[b]), (a, b), period, angle, seed)
+def _bg(kind: str, a: str, b: str, period: float = 24.0, angle: float = 30.0, seed: int = 7) -> Background:
+    return Background(kind, (COLOURS[a], COLOURS[b]), (a, b), period * U, angle, seed)
+
+
+def _arrow(x0: float, y0: float, x1: float, y1: float) -> Tuple[Tuple[float, float, float, float]]:
+    return ((x0, y0, x1 * U, y1 * U),)
 
 
 def _with(scene: Scene, index: int, shape: Shape) -> Scene:
@@ -78,27 +86,27 @@ def cases() -> List[Case]:
     """The benchmark's fixed edits (SIZE x SIZE pictures): two per mode except appearance and paste."""
     out: List[Case] = []
     s = Scene(_bg("gradient", "grey", "white"), (_shape("disc", 40, 60, 16, "red"),))
-    out.append(Case("move-disc", "move", s, 0, _with(s, 0, s.shapes[0].moved(36, 0)), ((40, 60, 76, 60),)))
+    out.append(Case("move-disc", "move", s, 0, _with(s, 0, s.shapes[0].moved(36 * U, 0)), _arrow(40, 60, 76, 60)))
     s = Scene(_bg("blobby", "yellow", "white", seed=3), (_shape("square", 82, 46, 18, "blue", 10),
                                                           _shape("disc", 30, 100, 11, "green")))
-    out.append(Case("move-square", "move", s, 0, _with(s, 0, s.shapes[0].moved(-30, 28)), ((82, 46, 52, 74),)))
+    out.append(Case("move-square", "move", s, 0, _with(s, 0, s.shapes[0].moved(-30, 28 * U)), _arrow(82, 46, 52, 74)))
     s = Scene(_bg("gradient", "cyan", "white", angle=100), (_shape("star", 64, 64, 20, "magenta", 18),))
     out.append(Case("resize-up", "resize", s, 0, _with(s, 0, s.shapes[0].scaled(1.4)), scale=1.4))
     s = Scene(_bg("striped", "grey", "white", period=40, angle=60), (_shape("disc", 60, 68, 24, "orange"),))
     out.append(Case("resize-down", "resize", s, 0, _with(s, 0, s.shapes[0].scaled(0.65)), scale=0.65))
     s = Scene(_bg("gradient", "white", "yellow", angle=45), (_shape("triangle", 44, 64, 18, "purple", 30),))
-    out.append(Case("drag-triangle", "drag", s, 0, _with(s, 0, s.shapes[0].moved(28, 0)), ((44, 64, 72, 64),),
-                    drag_region=(20, 40, 96, 88)))
+    out.append(Case("drag-triangle", "drag", s, 0, _with(s, 0, s.shapes[0].moved(28 * U, 0)),
+                    _arrow(44, 64, 72, 64), drag_region=(20, 40, 96 * U, 88 * U)))
     s = Scene(_bg("blobby", "grey", "white", seed=11), (_shape("disc", 70, 44, 16, "blue"),))
-    out.append(Case("drag-disc", "drag", s, 0, _with(s, 0, s.shapes[0].moved(0, 30)), ((70, 44, 70, 74),),
-                    drag_region=(46, 22, 94, 98)))
+    out.append(Case("drag-disc", "drag", s, 0, _with(s, 0, s.shapes[0].moved(0, 30)), _arrow(70, 44, 70, 74),
+                    drag_region=(46 * U, 22 * U, 94 * U, 98 * U)))
     s = Scene(_bg("gradient", "grey", "white", angle=80), (_shape("disc", 64, 64, 24, "red"),))
     ref = Scene(_bg("gradient", "white", "grey"), (_shape("disc", 64, 64, 24, "blue"),))
     out.append(Case("appearance-disc", "appearance", s, 0, reference=ref))
     s = Scene(_bg("blobby", "yellow", "white", seed=5), (_shape("disc", 34, 34, 12, "green"),))
     ref = Scene(_bg("gradient", "grey", "white"), (_shape("square", 64, 64, 18, "red", 20),))
-    target = Scene(s.background, s.shapes + (ref.shapes[0].moved(24, 24),))
-    out.append(Case("paste-square", "paste", s, 0, target, ((64, 64, 88, 88),), reference=ref))
+    target = Scene(s.background, s.shapes + (ref.shapes[0].moved(24 * U, 24 * U),))
+    out.append(Case("paste-square", "paste", s, 0, target, _arrow(64, 64, 88, 88), reference=ref))
     return out
 
 
