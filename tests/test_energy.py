@@ -73,7 +73,8 @@ def test_move_energy_by_hand_release():
     s_contrast = 1.0  # (1,0) vs (1,0), mapped
     s_inpaint = 1.0  # mean gen on the vacated cell (1,0) vs mean guide on the share region (1,0)
     assert edit == pytest.approx(2 * 0.5 * 4 / (1 + 4 * cos_edit))
-    assert content == pytest.approx(2 * 0.5 * (6 / (1 + 4 * cos_share) + 0.2 * s_contrast) + 2 * 0.8 / (1 + 4 * s_inpaint))
+    inpaint = 0.8 / (1 + 4 * s_inpaint)
+    assert content == pytest.approx(2 * 0.5 * (6 / (1 + 4 * cos_share) + 0.2 * s_contrast) + 2 * inpaint)
 
 
 def test_move_energy_by_hand_paper():
