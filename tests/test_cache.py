@@ -2,9 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_scene
 from dragon_server.engine import EditRequest, Engine, Mode
+from dragon_server.engine.attention import MemoryBank
+from dragon_server.engine.ddim import Timeline
+from dragon_server.engine.inversion import invert
 from dragon_server.engine.settings import MethodSettings, Schedule
 
 
@@ -144,3 +148,20 @@ def test_a_scaled_paste_inverts_the_reference_at_its_scale_and_keeps_that_invers
         return int((np.abs(rgb - np.array([200, 50, 50])).max(-1) < 8).sum())
 
     assert 3.2 < disc_area(seen[2]) / disc_area(seen[1]) < 4.8  # twice the size: four times the area
+
+
+def test_inversion_records_into_the_bank_it_is_given(tiny_engine):
+    """The reference schedule's host-memory bank is the one inversion fills; ours stays on the device."""
+    image, mask = make_scene()
+    ours = Engine(tiny_engine.components, cache_bytes=1 << 30)
+    ours.edit(move(image, mask))
+    (state,) = ours.cache._items.values()
+    assert state.bank.on_host is False and state.bank.entries
+    seen = []
+    invert_bank = MemoryBank(on_host=True)
+    runner = ours.runner
+    timeline = Timeline.build(tiny_engine.components.scheduler, 4, torch.device("cpu"))
+    result = invert(runner, runner.encode(image), runner.text(""), timeline, frozenset({1, 2}),
+                    lambda done, total: seen.append(done), invert_bank)
+    assert result.bank is invert_bank and sorted(invert_bank.entries) == [1, 2] and seen == [1, 2, 3, 4]
+    assert all(k.device.type == "cpu" for layers in invert_bank.entries.values() for k, _ in layers.values())

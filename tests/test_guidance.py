@@ -11,6 +11,7 @@ import torch
 from conftest import make_scene
 from dragon_server.engine import EditRequest, Engine, InputError, Mode
 from dragon_server.engine.attention import MemoryBank
+from dragon_server.engine.ddim import Timeline
 from dragon_server.engine.regions import Guide
 from dragon_server.engine.sampler import guided_noise
 from dragon_server.engine.settings import MethodSettings, Schedule
@@ -117,3 +118,22 @@ def test_guidance_is_a_named_choice_and_release_by_default():
         MethodSettings.for_mode(Mode.DRAG, {"guidance": 1})
     with pytest.raises(InputError, match="unknown setting 'release_guidance'"):
         MethodSettings.for_mode(Mode.DRAG, {"release_guidance": 1})
+
+
+def test_time_travel_renoises_with_the_unet_at_the_level_it_starts_from(tiny_engine):
+    """As the release does: going back from step i's output to its input, the UNet is evaluated at the
+    timestep of the output (the next step's), not at step i's."""
+    image, mask = make_scene()
+    engine = Engine(tiny_engine.components, cache_bytes=0)
+    calls = []
+    noise = engine.runner.noise
+    engine.runner.noise = lambda z, t, text: calls.append(int(t)) or noise(z, t, text)
+    try:
+        engine.edit(EditRequest(Mode.MOVE, image, mask=mask, arrows=[(45, 55, 80, 60)], steps=10, seed=1))
+    finally:
+        engine.runner.noise = noise
+    timesteps = Timeline.build(engine.components.scheduler, 10, torch.device("cpu")).timesteps.tolist()
+    schedule = Schedule.build(MethodSettings.for_mode(Mode.MOVE), 10)
+    assert schedule.time_travel == {4} and schedule.guided == {0, 1, 2, 4}
+    # after the 10 inversion passes: unguided step 3, two re-noises back from step 4's output, steps 5..9
+    assert calls[10:] == [timesteps[3], timesteps[5], timesteps[5], *timesteps[5:]]
