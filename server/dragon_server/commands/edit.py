@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         result.mask.save(args.mask_out)
     if args.json:
         summary = {
-            "out": args.out, "mode": args.mode, "guidance": args.guidance, "model": model, "device": device, "box": list(result.box),
+            "out": args.out, "mode": args.mode, "guidance": args.guidance, "model": model, "device": device,
+            "box": list(result.box),
             "working_size": list(result.working_size), "timings": {k: round(v, 4) for k, v in result.timings.items()},
             "unet_evaluations": result.unet_evaluations,
         }
