@@ -44,13 +44,18 @@ def latent_gradients(features: List[torch.Tensor], x: torch.Tensor,
     values = list(energies(leaves))
     grads = []
     for n, value in enumerate(values):
-        at_features = torch.autograd.grad(value, leaves, retain_graph=n + 1 < len(values), allow_unused=True)
-        at_features = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(at_features, leaves)]
+        more = n + 1 < len(values)
+        for leaf in leaves:
+            leaf.grad = None
+        value.backward(retain_graph=more)
+        at_features = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
         top = torch.stack([g.abs().amax() for g in at_features]).amax()
         scale = torch.exp2((LOSS_TOP - torch.ceil(torch.log2(top.clamp_min(2.0 ** -120)))).clamp(-64, 64))
-        (at_x,) = torch.autograd.grad(features, x, [(g * scale).to(f.dtype) for g, f in zip(at_features, features)],
-                                      retain_graph=n + 1 < len(values))
-        grads.append(at_x.float() / scale)
+        x.grad = None
+        torch.autograd.backward(features, [(g * scale).to(f.dtype) for g, f in zip(at_features, features)],
+                                retain_graph=more)
+        grads.append(torch.zeros_like(x, dtype=torch.float32) if x.grad is None else x.grad.float() / scale)
+    x.grad = None
     return grads
 
 
