@@ -40,8 +40,8 @@ from PIL import Image
 
 from dragon_server.engine import EditRequest, Engine, Mode
 from dragon_server.engine.models import Components, load_components
+from dragon_server.engine.request import GUIDANCES
 from dragon_server.engine.runner import Runner
-from dragon_server.quality import guidance_fields
 
 Point = Tuple[float, float]
 
@@ -210,7 +210,7 @@ def run_samples(engine: Engine, folders: Sequence[str], root: str, matcher: Poin
         arrows = [(h[0], h[1], t[0], t[1]) for h, t in zip(sample.handles, sample.targets)]
         start = time.perf_counter()
         result = engine.edit(EditRequest(Mode.DRAG, sample.image, mask=sample.mask, arrows=arrows,
-                                         prompt=sample.prompt, steps=steps, **guidance_fields(guidance)))
+                                         prompt=sample.prompt, steps=steps, guidance=guidance))
         seconds = time.perf_counter() - start
         if out is not None:
             os.makedirs(os.path.join(out, name), exist_ok=True)
@@ -240,7 +240,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips", metavar="FILE",
                    help="LPIPS network saved by torch.export.save (.pt2) for IF; without it IF is skipped")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", choices=["release", "paper"], default="release")
+    p.add_argument("--guidance", choices=GUIDANCES, default="release")
     p.add_argument("--ensemble", type=int, default=8, help="noises averaged for the MD features (default 8)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
     p.add_argument("--device", default="auto")

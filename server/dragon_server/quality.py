@@ -230,12 +230,7 @@ def request_for(case: Case, prep: Prepared, condition: str, steps: int, seed: in
     if mode in (Mode.APPEARANCE,):
         fields.pop("arrows")
     return EditRequest(mode, steps=steps, seed=seed, strength=0.0 if condition == "control" else 1.0,
-                       **fields, **guidance_fields(guidance))
-
-
-def guidance_fields(guidance: str) -> Dict[str, object]:
-    """The request fields that choose `guidance` ("release" or "paper")."""
-    return {"settings": {"release_guidance": 1}} if guidance == "release" else {}
+                       guidance=guidance, **fields)
 
 
 @dataclass
