@@ -98,3 +98,14 @@ def test_the_hand_set_vae_encodes_block_means_and_decodes_them_back():
     with torch.no_grad():
         back = vae.decode(vae.encode(flat).latent_dist.mean).sample
     assert torch.allclose(back[..., 8:-8, 8:-8], flat[..., 8:-8, 8:-8], atol=2e-3)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--size=100", "multiple of 64"),
+    ("--unet-batch=0", "at least 1"),
+    ("--drop-prompt=2", "--drop-prompt must be in 0..1"),
+])
+def test_bad_training_options_exit_2_with_one_line(tmp_path, capsys, option, message):
+    assert main(["train-toy", "--work", str(tmp_path), "--out", str(tmp_path / "m"), option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

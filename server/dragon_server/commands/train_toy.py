@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 
 from dragon_server.toy.train import TrainConfig, Trainer
 
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     work folder (to stop early or train longer); everything else must stay."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if config.problem():
+        sys.stderr.write(f"dragon train-toy: error: {config.problem()}\n")
+        return 2
     Trainer(config, args.work, args.checkpoint_minutes).run(args.out, args.export_only)
     print(f"toy model written to {args.out}")
     if args.pictures:

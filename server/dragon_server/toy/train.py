@@ -60,6 +60,20 @@ class TrainConfig:
     ema: float = 0.999
     drop_prompt: float = 0.5
 
+    def problem(self) -> Optional[str]:
+        """Why this configuration cannot train, in one line; None when it can."""
+        if self.size < 64 or self.size % 64:
+            return f"--size {self.size} must be a multiple of 64 (the UNet halves its latents three times)"
+        if self.vae_steps and (self.vae_crop % 8 or not 8 <= self.vae_crop <= self.size):
+            return f"--vae-crop {self.vae_crop} must be a multiple of 8 no larger than --size"
+        if min(self.vae_batch, self.scenes, self.unet_batch, self.warmup) < 1 or self.unet_batch > self.scenes:
+            return "--vae-batch, --scenes, --unet-batch and --warmup must be at least 1, --unet-batch at most --scenes"
+        if min(self.vae_steps, self.unet_steps) < 0 or not 0 <= self.drop_prompt <= 1 or not 0 <= self.ema < 1:
+            return "step counts must not be negative, --drop-prompt must be in 0..1 and --ema in 0..1 (below 1)"
+        if min(self.vae_lr, self.unet_lr) <= 0:
+            return "learning rates must be positive"
+        return None
+
 
 def build_parts(config: TrainConfig) -> Tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
     """The toy model's architecture with initial weights from the config's seed: an SD 1.x UNet
