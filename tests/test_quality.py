@@ -83,6 +83,20 @@ def test_bench_quality_prints_the_table_and_writes_sheet_and_json(tmp_path, caps
         assert picture.size == (128 * 4, 14 + 142 * 3)
 
 
+def test_every_case_arrow_runs_from_the_object_to_its_target():
+    for case in cases():
+        if case.mode in ("move", "drag"):
+            (x0, y0, x1, y1), = case.arrows
+            assert (x0, y0) == case.scene.shapes[case.index].centre, case.name
+            assert (x1, y1) == case.target.shapes[case.index].centre, case.name
+            if case.drag_region:
+                left, top, right, bottom = case.drag_region
+                assert left < min(x0, x1) and max(x0, x1) < right and top < min(y0, y1) and max(y0, y1) < bottom
+        if case.mode == "paste":
+            x0, y0, x1, y1 = case.arrows[0]
+            assert (x0, y0) == case.reference.shapes[0].centre and (x1, y1) == case.target.shapes[-1].centre
+
+
 def test_bench_quality_refuses_unknown_modes(capsys):
     assert main(["bench", "quality", "--model", "tiny", "--modes", "spin"]) == 2
     assert "unknown mode or condition spin" in capsys.readouterr().err

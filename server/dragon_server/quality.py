@@ -73,7 +73,7 @@ def _bg(kind: str, a: str, b: str, period: float = 24.0, angle: float = 30.0, se
 
 
 def _arrow(x0: float, y0: float, x1: float, y1: float) -> Tuple[Tuple[float, float, float, float]]:
-    return ((x0, y0, x1 * U, y1 * U),)
+    return ((x0 * U, y0 * U, x1 * U, y1 * U),)
 
 
 def _with(scene: Scene, index: int, shape: Shape) -> Scene:
@@ -86,19 +86,22 @@ def cases() -> List[Case]:
     """The benchmark's fixed edits (SIZE x SIZE pictures): two per mode except appearance and paste."""
     out: List[Case] = []
     s = Scene(_bg("gradient", "grey", "white"), (_shape("disc", 40, 60, 16, "red"),))
-    out.append(Case("move-disc", "move", s, 0, _with(s, 0, s.shapes[0].moved(36 * U, 0)), _arrow(40, 60, 76, 60)))
+    out.append(Case("move-disc", "move", s, 0, _with(s, 0, s.shapes[0].moved(36 * U, 0)),
+                    _arrow(40, 60, 76, 60)))
     s = Scene(_bg("blobby", "yellow", "white", seed=3), (_shape("square", 82, 46, 18, "blue", 10),
                                                           _shape("disc", 30, 100, 11, "green")))
-    out.append(Case("move-square", "move", s, 0, _with(s, 0, s.shapes[0].moved(-30, 28 * U)), _arrow(82, 46, 52, 74)))
+    out.append(Case("move-square", "move", s, 0, _with(s, 0, s.shapes[0].moved(-30 * U, 28 * U)),
+                    _arrow(82, 46, 52, 74)))
     s = Scene(_bg("gradient", "cyan", "white", angle=100), (_shape("star", 64, 64, 20, "magenta", 18),))
     out.append(Case("resize-up", "resize", s, 0, _with(s, 0, s.shapes[0].scaled(1.4)), scale=1.4))
     s = Scene(_bg("striped", "grey", "white", period=40, angle=60), (_shape("disc", 60, 68, 24, "orange"),))
     out.append(Case("resize-down", "resize", s, 0, _with(s, 0, s.shapes[0].scaled(0.65)), scale=0.65))
     s = Scene(_bg("gradient", "white", "yellow", angle=45), (_shape("triangle", 44, 64, 18, "purple", 30),))
     out.append(Case("drag-triangle", "drag", s, 0, _with(s, 0, s.shapes[0].moved(28 * U, 0)),
-                    _arrow(44, 64, 72, 64), drag_region=(20, 40, 96 * U, 88 * U)))
+                    _arrow(44, 64, 72, 64), drag_region=(20 * U, 40 * U, 96 * U, 88 * U)))
     s = Scene(_bg("blobby", "grey", "white", seed=11), (_shape("disc", 70, 44, 16, "blue"),))
-    out.append(Case("drag-disc", "drag", s, 0, _with(s, 0, s.shapes[0].moved(0, 30)), _arrow(70, 44, 70, 74),
+    out.append(Case("drag-disc", "drag", s, 0, _with(s, 0, s.shapes[0].moved(0, 30 * U)),
+                    _arrow(70, 44, 70, 74),
                     drag_region=(46 * U, 22 * U, 94 * U, 98 * U)))
     s = Scene(_bg("gradient", "grey", "white", angle=80), (_shape("disc", 64, 64, 24, "red"),))
     ref = Scene(_bg("gradient", "white", "grey"), (_shape("disc", 64, 64, 24, "blue"),))
