@@ -8,6 +8,8 @@ the edit should have put it:
 
 - `distance`: pixels from the object's centre to the target centre (move, resize, drag, paste);
 - `ghost`: share of the object's old place (not overlapping its new one) still in its colour;
+- `fill`: RGB distance (0-255) of that old place to what should be there (the background), on
+  average: a ghost scores badly on both, a hole filled with anything but background only on `fill`;
 - `arrival`: share of its new place (not overlapping its old one) in its colour;
 - `size`: object area after / before (resize; the right answer is the scale squared);
 - `colour`: distance (RGB, 0-255) from the object's mean colour to the reference's (appearance);
@@ -204,7 +206,7 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
     found = object_map(out, prep.colour)
     before = object_map(prep.image, prep.colour)
     figures: Dict[str, Optional[float]] = {"distance": None, "ghost": None, "arrival": None, "size": None,
-                                           "colour": None}
+                                           "colour": None, "fill": None}
     if case.mode != "appearance":
         window = prep.touched if case.mode != "drag" else prep.touched | prep.target
         centre, goal = _centre(found & window), _centre(prep.target)
@@ -213,6 +215,9 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
         figures["arrival"] = float(found[new_only].mean()) if new_only.any() else None
         old_only = prep.source & ~prep.target
         figures["ghost"] = float(found[old_only].mean()) if old_only.any() else None
+        if old_only.any() and prep.target_image is not None:
+            diff = np.asarray(out, np.float32) - np.asarray(prep.target_image, np.float32)
+            figures["fill"] = float(np.linalg.norm(diff, axis=-1)[old_only].mean())
     if case.mode == "resize":
         figures["size"] = float(found[prep.touched].sum() / max(1, before[prep.touched].sum()))
     if case.mode == "appearance":
@@ -270,7 +275,8 @@ def summary(rows: Sequence[Row]) -> Dict[str, Dict[str, Dict[str, float]]]:
     return {m: {c: {k: float(np.mean(v)) for k, v in f.items()} for c, f in conds.items()} for m, conds in out.items()}
 
 
-COLUMNS = (("distance", "dist px", "{:8.1f}"), ("ghost", "ghost", "{:6.2f}"), ("arrival", "arrive", "{:6.2f}"),
+COLUMNS = (("distance", "dist px", "{:8.1f}"), ("ghost", "ghost", "{:6.2f}"), ("fill", "fill", "{:6.1f}"),
+           ("arrival", "arrive", "{:6.2f}"),
            ("size", "size", "{:5.2f}"), ("colour", "colour", "{:6.1f}"), ("bg_psnr", "bg dB", "{:6.1f}"),
            ("seconds", "sec", "{:6.1f}"))
 
