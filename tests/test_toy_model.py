@@ -18,7 +18,8 @@ def test_toy_loads_offline_as_sd1_with_its_defaults(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     c = load_components("toy", "cpu")
     assert c.unet.config.cross_attention_dim == 768 and c.unet.config.in_channels == 4
-    assert c.default_area == 256 * 256 and c.strength == model_defaults(TOY_MODEL)["strength"] > 1
+    assert c.default_area == 256 * 256 and c.strength == model_defaults(TOY_MODEL)["strength"]
+    assert c.strength_for("move") > 1 and c.strength_for("drag") > 1
     assert c.scheduler.config.beta_schedule == "scaled_linear" and c.scheduler.config.prediction_type == "epsilon"
     sizes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(TOY_MODEL) for f in fs)
     assert sizes <= 40 * 2**20
@@ -30,6 +31,8 @@ def test_toy_loads_offline_as_sd1_with_its_defaults(monkeypatch):
     ("{not json", "not readable JSON"),
     ('{"strength": -1}', "'strength' must be a positive number"),
     ('{"working_area": "big"}', "'working_area' must be a positive number"),
+    ('{"strength": {"spin": 2}}', "unknown mode 'spin'"),
+    ('{"strength": {"move": 0}}', "'strength.move' must be a positive number"),
 ])
 def test_a_bad_defaults_file_is_a_one_line_model_error(tmp_path, content, message):
     (tmp_path / "dragon.json").write_text(content)

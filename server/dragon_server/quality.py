@@ -38,7 +38,7 @@ SIZE = 256
 """Side of the benchmark's pictures in pixels (the toy model's working size)."""
 FAR = 24
 """Pixels from the edit beyond which the background must be unchanged."""
-COLOUR_MATCH = 70.0
+COLOUR_MATCH = 90.0
 """RGB distance (0-255) under which a pixel counts as the object's colour."""
 CONDITIONS = ("control", "release", "paper")
 MODES = ("move", "resize", "drag", "appearance", "paste")
@@ -363,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"dragon bench quality: error: {exc}\n")
         return 2
     selected = [c for c in cases() if c.mode in modes]
-    sys.stdout.write(f"dragon bench quality: {args.model} (strength factor {engine.components.strength:g}) on "
+    factors = ", ".join(f"{m} {engine.components.strength_for(m):g}" for m in ("move", "drag", "appearance", "paste"))
+    sys.stdout.write(f"dragon bench quality: {args.model} (strength factors {factors}) on "
                      f"{engine.device}, {args.steps} steps, {len(selected)} cases x {len(conditions)} conditions\n")
     rows = run_cases(engine, selected, conditions, args.steps,
                      lambda text: (sys.stderr.write(f"  {text}\n"), sys.stderr.flush()))
@@ -372,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(f"contact sheet: {args.sheet}\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "strength": engine.components.strength, "steps": args.steps,
+            json.dump({"model": args.model, "strength": dict(engine.components.strength), "steps": args.steps,
                        "rows": [{"case": r.case, "mode": r.mode, "condition": r.condition, **r.figures}
                                 for r in rows], "summary": summary(rows)}, f, indent=1)
     return 0

@@ -136,7 +136,7 @@ class Engine:
 
         with runner.stage("sampling"):
             latent = sample(runner, guide, timeline, schedule, settings, text, uncond,
-                            request.strength * self.components.strength,
+                            request.strength * self.components.strength_for(request.mode),
                             generator, step_done, self.economy.share_trunk)
         clock.lap("sampling")
         with runner.stage("decode"):

@@ -7,8 +7,8 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -25,7 +25,8 @@ TOY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 MODEL_ALIASES = {"sd15": DEFAULT_MODEL, "toy": TOY_MODEL}
 MODEL_DEFAULTS_FILE = "dragon.json"
 """Optional file in a diffusers folder with the model's own defaults: `working_area` (pixels, the
-area the region of interest is scaled to) and `strength` (factor on every edit's guidance strength)."""
+area the region of interest is scaled to) and `strength` (factor on every edit's guidance strength: one
+number, or one per mode such as {"move": 128, "drag": 64}, 1 for modes it leaves out)."""
 RANDOM_MODELS = ("tiny", "sd15-random")
 
 SD15_SCHEDULER = dict(
@@ -54,9 +55,13 @@ class Components:
     dtype: torch.dtype
     default_area: int
     """Pixel area the region of interest is scaled to when a request does not say."""
-    strength: float = 1.0
-    """The model's own factor on every edit's guidance strength (a request's strength 1 means this);
-    from the folder's dragon.json, 1 for SD 1.5. Small models trained briefly need more guidance."""
+    strength: Mapping[str, float] = field(default_factory=dict)
+    """The model's own factor on the guidance strength, by mode name (a request's strength 1 means
+    this); from the folder's dragon.json, none (1) for SD 1.5. Small models trained briefly need more."""
+
+    def strength_for(self, mode: str) -> float:
+        """The model's strength factor for `mode` (a Mode or its name)."""
+        return self.strength.get(getattr(mode, "value", mode), 1.0)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -199,13 +204,23 @@ def model_defaults(folder: str) -> dict:
             data = json.load(f)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path} is not readable JSON ({exc.__class__.__name__}): fix or remove it") from None
-    out = {}
-    for key, kind in (("working_area", int), ("strength", float)):
-        if key in data:
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
-                raise ModelError(f"{path}: '{key}' must be a positive number, got {value!r}")
-            out[key] = kind(value)
+    def positive(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+            raise ModelError(f"{path}: '{key}' must be a positive number, got {value!r}")
+        return value
+
+    out: dict = {}
+    if "working_area" in data:
+        out["working_area"] = int(positive("working_area", data["working_area"]))
+    strength = data.get("strength", {})
+    modes = ("move", "drag", "appearance", "paste")
+    if not isinstance(strength, dict):
+        strength = {mode: positive("strength", strength) for mode in modes}
+    for mode, value in strength.items():
+        if mode not in modes:
+            raise ModelError(f"{path}: 'strength' has an unknown mode {mode!r}: use {', '.join(modes)}")
+        positive(f"strength.{mode}", value)
+    out["strength"] = {mode: float(v) for mode, v in strength.items()}
     return out
 
 
@@ -311,4 +326,4 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
     if name not in RANDOM_MODELS:
         check_sd1(dict(unet.config), name)
     return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area,
-                      defaults.get("strength", 1.0))
+                      defaults.get("strength", {}))

@@ -180,7 +180,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
             self.vae_opt.step()
             self.vae_step += 1
-            self.losses["vae"] = 0.98 * self.losses.get("vae", float(loss)) + 0.02 * float(loss)
+            self.losses["vae"] = 0.98 * self.losses.get("vae", loss.item()) + 0.02 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{self.losses['vae']:.4f}")
             self._maybe_save()
@@ -244,7 +244,7 @@ class Trainer:
                 for e, p in zip(self.ema.parameters(), self.unet.parameters()):
                     e.lerp_(p, 1 - decay)
             self.unet_step += 1
-            self.losses["unet"] = 0.99 * self.losses.get("unet", float(loss)) + 0.01 * float(loss)
+            self.losses["unet"] = 0.99 * self.losses.get("unet", loss.item()) + 0.01 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{self.losses['unet']:.4f}")
             self._maybe_save()
