@@ -19,4 +19,6 @@ fi
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[test]"
 .venv/bin/ruff check .
+# One math thread per process: PyTorch's default threads spin and slow a busy 2-core machine many times over.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 exec .venv/bin/python -m pytest "$@"

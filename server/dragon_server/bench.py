@@ -27,6 +27,7 @@ from dragon_server.engine import EditRequest, Engine, Mode
 from dragon_server.engine.engine import Economy
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import load_components
+from dragon_server.threads import ThreadsError, add_threads_argument, use_threads
 
 STAGES = ("inversion", "reference", "source_features", "sampling", "guidance", "decode", "blend", "other", "total")
 
@@ -190,6 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    add_threads_argument(p)
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
     p.add_argument("--guidance", choices=["paper", "release"], default="paper",
                    help="how our edits compute guidance (default: paper); the reference always uses the release's")
@@ -221,8 +223,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"dragon bench: error: --sizes {args.sizes} must be numbers like 512,768\n")
         return 2
     try:
+        use_threads(args.threads)
         components = load_components(args.model, args.device, args.dtype)
-    except EditError as exc:
+    except (EditError, ThreadsError) as exc:
         sys.stderr.write(f"dragon bench: error: {exc}\n")
         return 2
     report: Dict[str, object] = {

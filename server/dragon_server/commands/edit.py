@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 from PIL import Image, UnidentifiedImageError
 
 from dragon_server.engine.request import EditCancelled, EditError, EditRequest, InputError, Mode, ModelError
+from dragon_server.threads import ThreadsError, add_threads_argument, thread_count, use_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a diffusers folder or a .safetensors/.ckpt file")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPUs, fp32 on CPU")
+    add_threads_argument(p)
     p.add_argument("--mask-out", help="also write the blend mask (white where the image changed)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--server", help="run the edit on a dragon server at this address instead")
@@ -123,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--out {args.out} must end in .png (the edit is written losslessly)")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
             raise InputError(f"the folder of --out {args.out} does not exist")
+        thread_count(args.threads)
         request = build_request(args)
         if args.server:
             from dragon_server.serve.client import run_remote_edit
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from dragon_server.engine import Engine
 
+            use_threads(args.threads)
             engine = Engine.load(args.model, args.device, args.dtype)
             result = engine.edit(request, progress=bars)
             model, device = engine.model_name, engine.device
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         bars.close()
         sys.stderr.write("dragon edit: cancelled\n")
         return 130
-    except (InputError, ModelError) as exc:
+    except (InputError, ModelError, ThreadsError) as exc:
         bars.close()
         sys.stderr.write(f"dragon edit: error: {exc}\n")
         return 2

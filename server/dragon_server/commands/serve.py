@@ -10,6 +10,7 @@ from dragon_protocol.limits import MAX_MESSAGE_BYTES
 from dragon_server.serve import keys
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
 from dragon_server.serve.link import DEFAULT_SERVER
+from dragon_server.threads import ThreadsError, add_threads_argument, use_threads
 
 log = logging.getLogger("dragon.server")
 
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
                         "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
+    add_threads_argument(p)
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         binds = _endpoints(args)
-    except (EndpointError, keys.KeyFileError) as error:
+        threads = use_threads(args.threads)
+    except (EndpointError, keys.KeyFileError, ThreadsError) as error:
         return _fail(str(error), 2)
     from dragon_server.serve.faults import Faults, FaultSpecError  # imports torch: only when serving
     from dragon_server.serve.server import BindError, Server, ServerConfig
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         faults = Faults.from_environment()
     except FaultSpecError as error:
         return _fail(str(error), 2)
+    log.info("using %d CPU thread%s for the model's math (--threads)", threads, "" if threads == 1 else "s")
     if faults:
         log.warning("WARNING: test-only fault injection is on (DRAGON_TEST_FAULTS): %s", faults)
 
