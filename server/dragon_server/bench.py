@@ -27,7 +27,7 @@ from dragon_server.engine import EditRequest, Engine, Mode
 from dragon_server.engine.engine import Economy
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import load_components
-from dragon_server.threads import ThreadsError, add_threads_argument, use_threads
+from dragon_server.threads import ThreadsError, use_threads
 
 STAGES = ("inversion", "reference", "source_features", "sampling", "guidance", "decode", "blend", "other", "total")
 
@@ -178,31 +178,8 @@ def print_table(size: int, result: Dict[str, object]) -> None:
         out.write(f"{kind} edit / reference: {parts}\n")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure the cost of edits against the release's cost profile",
-                       description=__doc__)
-    add_arguments(p)
-    p.set_defaults(run=run)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="sd15-random", help="tiny, sd15-random (default) or a real model")
-    p.add_argument("--sizes", default="512,768", help="comma-separated square sizes in pixels")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    add_threads_argument(p)
-    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
-    p.add_argument("--guidance", choices=["paper", "release"], default="paper",
-                   help="how our edits compute guidance (default: paper); the reference always uses the release's")
-    p.add_argument("--reference-once", action="store_true",
-                   help="run the reference schedule once: it has no reuse, so its repeat costs the same")
-    p.add_argument("--protocol", type=int, metavar="SIZE",
-                   help="instead, measure what a server on loopback adds to a tiny-model edit of a SIZE^2 image")
-    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-
-
 def run(args: argparse.Namespace) -> int:
+    """Measure what `args` asks for; `args` as checked by `dragon_server.commands.bench.check`."""
     from dragon_server.engine.request import EditError
 
     if args.protocol:
@@ -218,11 +195,6 @@ def run(args: argparse.Namespace) -> int:
                 json.dump({"protocol": figures}, f, indent=1)
         return 0
     try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        sys.stderr.write(f"dragon bench: error: --sizes {args.sizes} must be numbers like 512,768\n")
-        return 2
-    try:
         use_threads(args.threads)
         components = load_components(args.model, args.device, args.dtype)
     except (EditError, ThreadsError) as exc:
@@ -235,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(f"dragon bench: {args.model} on {components.device} "
                      f"({report['machine'].get('gpu', platform.processor() or 'CPU')}), {report['dtype']}, "
                      f"{args.steps} steps, {args.guidance} guidance against the reference\n")
-    for size in sizes:
+    for size in args.sizes:
         result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once, args.guidance)
         report["sizes"][str(size)] = result
         print_table(size, result)
@@ -247,9 +219,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from dragon_server.commands import bench as command
+
     p = argparse.ArgumentParser(prog="python -m dragon_server.bench", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    command.add_arguments(p)
+    return command.run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
+from dragon_server.numbers import plain
 from dragon_server.serve import keys
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
 from dragon_server.serve.link import DEFAULT_SERVER
@@ -104,10 +105,13 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    if min(args.queue, args.keep_results_mb, args.max_message_mb) < 1 or args.keep_results < 0:
-        raise EndpointError(
-            "--queue, --keep-results-mb and --max-message-mb must be at least 1, --keep-results at least 0"
-        )
+    for name in ("queue", "keep_results_mb", "max_message_mb"):
+        if getattr(args, name) < 1:
+            raise EndpointError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("keep_results", "cache_mb"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise EndpointError(f"--{name.replace('_', '-')} must be a number of at least 0, got {plain(value)}")
     if args.keys is not None:
         keys.load_secret(args.keys)
         if keys.count_client_keys(args.allowed_clients) == 0:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dragon_server.engine.request import Arrow, EditRequest, InputError, Mode
+from dragon_server.numbers import plain
 
 MAX_ARROWS = 32
 MAX_PIXELS = 64_000_000
@@ -93,11 +94,11 @@ def _inside(x: float, y: float, image: Image.Image) -> bool:
 
 def _number(value, name: str, lo: float, hi: float, whole: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{name} must be a number, got {value!r}")
+        raise InputError(f"{name} must be a number, got {plain(value)}")
     if whole and value != int(value):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
+        raise InputError(f"{name} must be a whole number, got {plain(value)}")
     if not lo <= value <= hi:
-        raise InputError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+        raise InputError(f"{name} must be between {plain(lo)} and {plain(hi)}, got {plain(value)}")
     return value
 
 
@@ -113,7 +114,7 @@ def check_request(request: EditRequest) -> EditRequest:
         raise InputError(f"{len(arrows)} arrows is too many: at most {MAX_ARROWS}")
     scale = _number(request.scale, "scale", 0, 8)
     if scale <= 0:
-        raise InputError(f"scale must be positive, got {scale:g}")
+        raise InputError(f"scale must be positive, got {plain(scale)}")
     _number(request.steps, "steps", 2, 500, whole=True)
     _number(request.seed, "seed", 0, 2**63 - 1, whole=True)
     _number(request.strength, "strength", 0, 100)
@@ -150,12 +151,13 @@ def check_request(request: EditRequest) -> EditRequest:
         start_image = reference if mode == Mode.PASTE else image
         if not _inside(x0, y0, start_image):
             where = "reference image" if mode == Mode.PASTE else "image"
-            raise InputError(f"arrow {n} starts at ({x0:g}, {y0:g}), outside the "
+            raise InputError(f"arrow {n} starts at ({plain(x0)}, {plain(y0)}), outside the "
                              f"{start_image.width}x{start_image.height} {where}")
         if mode == Mode.DRAG and not _inside(x1, y1, image):
-            raise InputError(f"arrow {n} ends at ({x1:g}, {y1:g}), outside the {image.width}x{image.height} image")
+            raise InputError(f"arrow {n} ends at ({plain(x1)}, {plain(y1)}), outside the "
+                             f"{image.width}x{image.height} image")
         if mode == Mode.PASTE and not _inside(x1, y1, image):
-            raise InputError(f"the paste arrow ends at ({x1:g}, {y1:g}), outside the "
+            raise InputError(f"the paste arrow ends at ({plain(x1)}, {plain(y1)}), outside the "
                              f"{image.width}x{image.height} image")
     return replace(request, mode=mode, image=image, mask=mask, arrows=arrows, scale=float(scale),
                    reference=reference, reference_mask=reference_mask, steps=int(request.steps),
