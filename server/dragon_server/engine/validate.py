@@ -1,18 +1,25 @@
 """Checks a request before any work: every problem becomes one InputError line that says how to fix it.
 
-Image conventions: RGB is used as is; greyscale, palette and 16-bit images are converted to 8-bit
-RGB; an alpha channel is dropped when fully opaque and refused otherwise (transparent pixels have no
-colour to edit: flatten the image first).
+Image conventions: a photo with an EXIF Orientation is turned upright first, as viewers show it (its
+mask and arrows are in the upright picture's pixels); RGB is used as is; greyscale, palette and 16-bit
+images are converted to 8-bit RGB; an alpha channel is dropped when fully opaque and refused otherwise
+(transparent pixels have no colour to edit: flatten the image first).
+
+Mask rule, the same in every check and in the engine: a mask pixel's strength is its alpha when the
+mask has transparent pixels, otherwise its brightest colour channel (so red on black counts as white);
+the pixel is inside when its strength is at least INSIDE (half white). A mask with no inside pixel is
+refused as empty or too faint; the checked mask is black and white, and the engine feathers the edit's
+edge itself.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageOps
 
 from dragon_server.engine.request import Arrow, EditRequest, InputError, Mode
 from dragon_server.numbers import plain
@@ -20,17 +27,34 @@ from dragon_server.numbers import plain
 MAX_ARROWS = 32
 MAX_PIXELS = 64_000_000
 MIN_SIDE = 16
+ORIENTATION = 0x0112
+"""The EXIF tag of a photo's orientation."""
+INSIDE = 128
+"""The strength (0-255) from which a mask pixel is inside the mask."""
+
+
+def check_size(size: Tuple[int, int], what: str) -> None:
+    """Raise InputError when an image of `size` (width, height) is too small or too large to edit."""
+    width, height = size
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise InputError(f"the {what} is {width}x{height}: it must be at least {MIN_SIDE}x{MIN_SIDE}")
+    if width * height > MAX_PIXELS:
+        raise InputError(f"the {what} has {width * height} pixels, more than {MAX_PIXELS}: crop or scale it down")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF Orientation tag says (as viewers show it), or itself when it has none."""
+    if image.getexif().get(ORIENTATION, 1) in (0, 1):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def to_rgb(image: Image.Image, what: str) -> Image.Image:
     """An 8-bit RGB copy of `image`, or an InputError naming `what` and the fix."""
     if not isinstance(image, Image.Image):
         raise InputError(f"the {what} is not an image")
-    if image.width < MIN_SIDE or image.height < MIN_SIDE:
-        raise InputError(f"the {what} is {image.width}x{image.height}: it must be at least {MIN_SIDE}x{MIN_SIDE}")
-    if image.width * image.height > MAX_PIXELS:
-        raise InputError(f"the {what} has {image.width * image.height} pixels, more than {MAX_PIXELS}: "
-                         "crop or scale it down")
+    check_size(image.size, what)
+    image = upright(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image, dtype=np.float64)
@@ -54,25 +78,40 @@ def to_rgb(image: Image.Image, what: str) -> Image.Image:
 
 
 def to_mask(mask: Optional[Image.Image], size, what: str, required: bool) -> Optional[Image.Image]:
-    """An 8-bit greyscale mask of `size`, not empty; None when absent and not `required`."""
+    """The black-and-white (L, 0 or 255) mask of `size` by the mask rule (see the module), not empty;
+    None when absent and not `required`. Raises InputError for an empty or too faint mask."""
     if mask is None:
         if required:
             raise InputError(f"this mode needs a {what}: a grey image, white where the object is")
         return None
     if not isinstance(mask, Image.Image):
         raise InputError(f"the {what} is not an image")
+    mask = upright(mask)
     if mask.size != tuple(size):
         raise InputError(f"the {what} is {mask.width}x{mask.height} but its image is {size[0]}x{size[1]}: "
                          "give a mask of the same size")
-    if mask.mode in ("RGBA", "LA"):
-        mask = mask.getchannel("A") if mask.getchannel("A").getextrema()[0] < 255 else mask.convert("L")
-    elif mask.mode in ("I;16", "I;16B", "I;16L", "I"):
-        mask = to_rgb(mask, what).convert("L")
-    elif mask.mode != "L":
-        mask = mask.convert("L")
-    if mask.getextrema()[1] == 0:
+    strength = _strength(mask, what)
+    top = strength.getextrema()[1]
+    if top == 0:
         raise InputError(f"the {what} is empty: paint the area white on black")
-    return mask
+    if top < INSIDE:
+        raise InputError(f"the {what} is too faint: its strongest pixel is {top} of 255 and pixels count as "
+                         f"inside from {INSIDE} (half white): paint the area white")
+    return strength.point(lambda v: 255 if v >= INSIDE else 0)
+
+
+def _strength(mask: Image.Image, what: str) -> Image.Image:
+    """Each pixel's strength (L): alpha when some pixel is transparent, else the brightest channel."""
+    if mask.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return to_rgb(mask, what).convert("L")
+    if mask.mode == "P":
+        mask = mask.convert("RGBA")
+    if "A" in mask.getbands() and mask.getchannel("A").getextrema()[0] < 255:
+        return mask.getchannel("A")
+    if mask.mode in ("L", "1"):
+        return mask.convert("L")
+    rgb = mask.convert("RGB")
+    return ImageChops.lighter(ImageChops.lighter(rgb.getchannel(0), rgb.getchannel(1)), rgb.getchannel(2))
 
 
 def _arrows(arrows: List[Arrow]) -> List[Arrow]:
