@@ -183,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"dragon edit: error: {exc}\n")
         return 1
     bars.close()
+    for warning in result.warnings:
+        sys.stderr.write(f"dragon edit: warning: {warning}\n")
     result.image.save(args.out)
     if args.mask_out:
         result.mask.save(args.mask_out)
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "out": args.out, "mode": args.mode, "model": model, "device": device, "box": list(result.box),
             "working_size": list(result.working_size), "timings": {k: round(v, 4) for k, v in result.timings.items()},
-            "unet_evaluations": result.unet_evaluations,
+            "unet_evaluations": result.unet_evaluations, "warnings": result.warnings,
         }
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")

@@ -120,3 +120,5 @@ class EditResult:
     timings: Dict[str, float]
     unet_evaluations: Dict[str, int]
     working_size: Tuple[int, int]
+    warnings: List[str] = field(default_factory=list)
+    """What the edit did differently from what was asked, one line each (a prompt cut to 77 tokens)."""

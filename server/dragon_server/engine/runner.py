@@ -4,6 +4,7 @@ encoder and the VAE."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from typing import ContextManager, Dict, List, Optional, Tuple
 
@@ -15,6 +16,8 @@ from dragon_server.engine.attention import CrossBranchAttention
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import Components
 from dragon_server.engine.unet import Trunk, features_from, head, trunk, unet_forward
+
+log = logging.getLogger(__name__)
 
 
 class Runner:
@@ -49,11 +52,38 @@ class Runner:
             self._texts[prompt] = self.c.text_encoder(ids)[0]
         return self._texts[prompt]
 
+    def prompt_warnings(self, prompt: str) -> List[str]:
+        """One warning, naming the dropped words, when `prompt` is longer than the text encoder reads
+        (77 tokens for CLIP, two of them markers); also logged. None otherwise."""
+        tok = self.c.tokenizer
+        ids = tok(prompt, truncation=False).input_ids
+        if len(ids) <= tok.model_max_length:
+            return []
+        dropped = tok.decode(ids[tok.model_max_length - 1:-1], skip_special_tokens=True).strip()
+        if len(dropped) > 120:
+            dropped = dropped[:117] + "..."
+        warning = (f"the prompt is longer than the {tok.model_max_length - 2} tokens the text encoder reads; "
+                   f"these words were dropped: {dropped}")
+        log.warning("%s", warning)
+        return [warning]
+
     @torch.no_grad()
     def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Predicted noise (no gradient)."""
+        """Predicted noise (no gradient), whatever the model predicts (see `as_noise`)."""
         self.count("forward", z.shape[0])
-        return unet_forward(self.c.unet, z, t, text)
+        return self.as_noise(unet_forward(self.c.unet, z, t, text), z, t)
+
+    def as_noise(self, prediction: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise implied by the UNet's `prediction` for latent `z` at timestep `t`, by the scheduler's
+        `prediction_type`: epsilon as is; v (v = sqrt(a) eps - sqrt(1-a) x0, a the cumulative alpha of
+        t) as sqrt(a) v + sqrt(1-a) z; a clean-latent prediction x0 as (z - sqrt(a) x0) / sqrt(1-a)."""
+        kind = self.c.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return prediction
+        a = self.c.scheduler.alphas_cumprod.to(z.device)[t.long()].reshape(-1, 1, 1, 1).to(prediction.dtype)
+        if kind == "v_prediction":
+            return a.sqrt() * prediction + (1 - a).sqrt() * z
+        return (z - a.sqrt() * prediction) / (1 - a).sqrt()
 
     def features(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> List[torch.Tensor]:
         """Guidance features by an early-exit pass; differentiable when grad is enabled."""
@@ -77,7 +107,8 @@ class Runner:
     def noise_from(self, state: Trunk) -> torch.Tensor:
         """Predicted noise, continuing a forward from `state` (no gradient)."""
         self.count("forward", state.h.shape[0])
-        return head(self.c.unet, state.detach())
+        state = state.detach()
+        return self.as_noise(head(self.c.unet, state), state.sample, state.timestep)
 
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:
