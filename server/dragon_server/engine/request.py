@@ -45,6 +45,12 @@ class ModelError(EditError):
     code = "model_unavailable"
 
 
+class NumericError(EditError):
+    """The model's numbers became infinite or NaN and no retry helped; nothing is returned."""
+
+    code = "not_finite"
+
+
 class EditCancelled(EditError):
     """The caller's cancel callback asked the edit to stop."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from typing import ContextManager, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from PIL import Image
 from dragon_server.engine.attention import CrossBranchAttention
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import Components
+from dragon_server.engine.request import NumericError
 from dragon_server.engine.unet import Trunk, features_from, head, trunk, unet_forward
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,37 @@ class Runner:
 
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:
-        """The VAE latent (scaled) of an RGB image whose sides are multiples of 8."""
+        """The VAE latent (scaled, in the model's dtype) of an RGB image whose sides are multiples of 8.
+        Raises NumericError when it is not finite (see `_vae`)."""
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        vae = self.c.vae
-        latent = vae.encode(arr.to(self.c.device, vae.dtype)).latent_dist.mean
-        return latent * vae.config.scaling_factor
+        latent = self._vae(lambda vae: vae.encode(arr.to(self.c.device, vae.dtype)).latent_dist.mean, "encode")
+        return (latent * self.c.vae.config.scaling_factor).to(self.c.dtype)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> Image.Image:
-        """The RGB image of a latent."""
-        vae = self.c.vae
-        x = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor).sample
+        """The RGB image of a latent. Raises NumericError for a latent that is not finite, or when the
+        VAE's output is not finite even in fp32 (see `_vae`): a black patch is never a result."""
+        if not torch.isfinite(latent).all():
+            raise NumericError("the edit's numbers became infinite or NaN while sampling: try a lower strength, "
+                               "another seed, or --dtype fp32")
+        scale = self.c.vae.config.scaling_factor
+        x = self._vae(lambda vae: vae.decode(latent.to(vae.dtype) / scale).sample, "decode")
         x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
         return Image.fromarray(x.cpu().numpy(), "RGB")
+
+    def _vae(self, run: Callable[[torch.nn.Module], torch.Tensor], what: str) -> torch.Tensor:
+        """`run(vae)`; when its output is not finite in half precision (the SD VAE can overflow fp16),
+        the VAE moves to fp32 for good and `run` is tried again. NumericError if that fails too."""
+        vae = self.c.vae
+        out = run(vae)
+        if torch.isfinite(out).all():
+            return out
+        if vae.dtype != torch.float32:
+            log.warning("the VAE's %s overflowed in %s: it runs in fp32 from now on", what,
+                        str(vae.dtype).replace("torch.", ""))
+            vae.to(torch.float32)
+            out = run(vae)
+            if torch.isfinite(out).all():
+                return out
+        raise NumericError(f"the VAE's {what} gave infinite or NaN numbers even in fp32: the model file may be "
+                           "damaged; try another model")
