@@ -81,3 +81,18 @@ def test_numbers_in_messages_are_written_in_full(picture, capsys):
     assert main(["edit", *MOVE, "--out", "a.png", "--working-area", "4194305"]) == 2
     assert capsys.readouterr().err == ("dragon edit: error: working area must be between 4096 and 4194304, "
                                        "got 4194305\n")
+
+
+@pytest.mark.parametrize("device, message", [
+    ("xpu", "XPU was asked for but this PyTorch cannot use it here: use --device cpu or auto"),
+    ("meta", "META was asked for but this PyTorch cannot use it here: use --device cpu or auto"),
+    ("hpu", "HPU was asked for but this PyTorch cannot use it here: use --device cpu or auto"),
+    ("gpu0", "unknown device 'gpu0': use auto, cuda, cuda:N, mps or cpu"),
+])
+@pytest.mark.parametrize("command", ["edit", "serve", "bench"])
+def test_a_device_this_pytorch_cannot_use_is_one_line_and_exit_2(picture, capsys, device, message, command):
+    args = {"edit": ["edit", *MOVE, "--out", "out.png"], "serve": ["serve", "--model", "tiny"],
+            "bench": ["bench", "--model", "tiny", "--sizes", "64"]}[command]
+    assert main([*args, "--device", device]) == 2
+    assert capsys.readouterr().err == f"dragon {command}: error: {message}\n"
+    assert not (picture / "out.png").exists()

@@ -65,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
         threads = use_threads(args.threads)
     except (EndpointError, keys.KeyFileError, ThreadsError) as error:
         return _fail(str(error), 2)
-    from dragon_server.serve.faults import Faults, FaultSpecError  # imports torch: only when serving
+    from dragon_server.engine.models import pick_device  # imports torch: only when serving
+    from dragon_server.engine.request import ModelError
+    from dragon_server.serve.faults import Faults, FaultSpecError
     from dragon_server.serve.server import BindError, Server, ServerConfig
+
+    try:
+        pick_device(args.device)
+    except ModelError as error:
+        return _fail(str(error), 2)
 
     try:
         faults = Faults.from_environment()

@@ -57,7 +57,8 @@ class Components:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU for `auto`; otherwise the named device, checked."""
+    """CUDA, then Apple MPS, then CPU for `auto`; otherwise the named device, checked: a device this
+    PyTorch cannot use (not built in, no such hardware, an index past the last one) raises ModelError."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -66,12 +67,23 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, TypeError):
         raise ModelError(f"unknown device '{device}': use auto, cuda, cuda:N, mps or cpu") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("CUDA was asked for but this PyTorch sees no CUDA GPU: use --device cpu or auto")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError("MPS was asked for but is not available here: use --device cpu or auto")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        if dev.type == "cuda":
+            raise ModelError("CUDA was asked for but this PyTorch sees no CUDA GPU: use --device cpu or auto")
+        if dev.type == "mps":
+            raise ModelError("MPS was asked for but is not available here: use --device cpu or auto")
+        raise ModelError(f"{dev.type.upper()} was asked for but this PyTorch cannot use it here: "
+                         "use --device cpu or auto")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise ModelError(f"{device} was asked for but this PyTorch sees {count()} {dev.type.upper()} device(s), "
+                         f"numbered from 0: use --device {dev.type}:0 or auto")
     return dev
 
 
