@@ -157,6 +157,12 @@ def run(args: argparse.Namespace) -> int:
         thread_count(args.threads)
         request = build_request(args)
         if args.server:
+            from dragon_server.serve.endpoints import EndpointError, check_endpoint
+
+            try:
+                check_endpoint(args.server)
+            except EndpointError as error:
+                raise InputError(str(error)) from None
             request = check_request(request)  # the same one-line refusals as in this process, before sending
             from dragon_server.serve.client import run_remote_edit
 
