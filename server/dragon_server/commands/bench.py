@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dragon_server.engine.request import GUIDANCES
 from dragon_server.threads import add_threads_argument
 
 SIZE_RANGE = (64, 2048)
@@ -31,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
     add_threads_argument(p)
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
-    p.add_argument("--guidance", choices=["paper", "release"], default="paper",
-                   help="how our edits compute guidance (default: paper); the reference always uses the release's")
+    p.add_argument("--guidance", choices=["both", *GUIDANCES], default="both",
+                   help="how our edits compute guidance (default: both, each against the reference, which always "
+                        "uses the release's)")
     p.add_argument("--reference-once", action="store_true",
                    help="run the reference schedule once: it has no reuse, so its repeat costs the same")
     p.add_argument("--protocol", type=int, metavar="SIZE",

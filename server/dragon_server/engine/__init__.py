@@ -6,6 +6,7 @@ commands that only need them) load without PyTorch."""
 from typing import Any
 
 from dragon_server.engine.request import (
+    GUIDANCES,
     EditCancelled,
     EditError,
     EditRequest,
@@ -20,7 +21,7 @@ _LAZY = {"Engine": "dragon_server.engine.engine", "MethodSettings": "dragon_serv
 
 __all__ = [
     "Engine", "EditRequest", "EditResult", "EditError", "InputError", "ModelError", "EditCancelled",
-    "Mode", "ProgressEvent", "MethodSettings",
+    "Mode", "ProgressEvent", "MethodSettings", "GUIDANCES",
 ]
 
 

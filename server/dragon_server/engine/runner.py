@@ -70,9 +70,10 @@ class Runner:
 
     @torch.no_grad()
     def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Predicted noise (no gradient), whatever the model predicts (see `as_noise`)."""
+        """Predicted noise (no gradient), fp32, for latents (B, 4, h, w) of any float dtype, whatever the
+        model predicts (see `as_noise`)."""
         self.count("forward", z.shape[0])
-        return self.as_noise(unet_forward(self.c.unet, z, t, text), z, t)
+        return self.as_noise(unet_forward(self.c.unet, z.to(self.c.dtype), t, text).float(), z.float(), t)
 
     def as_noise(self, prediction: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise implied by the UNet's `prediction` for latent `z` at timestep `t`, by the scheduler's
@@ -91,8 +92,9 @@ class Runner:
         return self.features_from(self.trunk(z, t, text))
 
     def trunk(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> Trunk:
-        """The start of a forward (no decoder self-attention yet), to share between passes."""
-        return trunk(self.c.unet, z, t, text)
+        """The start of a forward (no decoder self-attention yet), to share between passes; `z` of any
+        float dtype (a gradient flows back to it in its own dtype)."""
+        return trunk(self.c.unet, z.to(self.c.dtype), t, text)
 
     def features_from(self, state: Trunk) -> List[torch.Tensor]:
         """Guidance features, continuing an early-exit pass from `state`."""
@@ -106,10 +108,10 @@ class Runner:
 
     @torch.no_grad()
     def noise_from(self, state: Trunk) -> torch.Tensor:
-        """Predicted noise, continuing a forward from `state` (no gradient)."""
+        """Predicted noise (fp32), continuing a forward from `state` (no gradient)."""
         self.count("forward", state.h.shape[0])
         state = state.detach()
-        return self.as_noise(head(self.c.unet, state), state.sample, state.timestep)
+        return self.as_noise(head(self.c.unet, state).float(), state.sample.float(), state.timestep)
 
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:
