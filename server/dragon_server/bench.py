@@ -27,7 +27,6 @@ from dragon_server.engine import GUIDANCES, EditRequest, Engine, Mode
 from dragon_server.engine.engine import Economy
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import load_components
-from dragon_server.threads import ThreadsError, use_threads
 
 STAGES = ("inversion", "reference", "source_features", "sampling", "guidance", "decode", "blend", "other", "total")
 
@@ -184,7 +183,8 @@ def print_table(size: int, result: Dict[str, object]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure what `args` asks for; `args` as checked by `dragon_server.commands.bench.check`."""
+    """Measure what `args` asks for; `args` as checked by `dragon_server.commands.bench.check`, with the
+    thread count set."""
     from dragon_server.engine.request import EditError
 
     if args.protocol:
@@ -200,9 +200,8 @@ def run(args: argparse.Namespace) -> int:
                 json.dump({"protocol": figures}, f, indent=1)
         return 0
     try:
-        use_threads(args.threads)
         components = load_components(args.model, args.device, args.dtype)
-    except (EditError, ThreadsError) as exc:
+    except EditError as exc:
         sys.stderr.write(f"dragon bench: error: {exc}\n")
         return 2
     guidances = list(GUIDANCES) if args.guidance == "both" else [args.guidance]

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from dragon_server.engine.request import GUIDANCES
-from dragon_server.threads import add_threads_argument
+from dragon_server.threads import add_threads_argument, use_threads
 
 SIZE_RANGE = (64, 2048)
 """Square sizes a benchmark edit may have: the engine's smallest and largest working area."""
@@ -60,10 +60,11 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the options, then measure (see `dragon_server.bench.run`)."""
+    """Check the options and set the thread count, then measure (see `dragon_server.bench.run`)."""
     try:
         check(args)
-    except ValueError as error:
+        use_threads(args.threads)
+    except ValueError as error:  # ThreadsError is one
         sys.stderr.write(f"dragon bench: error: {error}\n")
         return 2
     from dragon_server.bench import run as measure
