@@ -9,7 +9,7 @@ import zmq.auth
 from dragon_krita.client import Client, check_address, load_curve_keys
 from dragon_krita.edit import PreparedEdit
 from dragon_krita.errors import PluginError
-from dragon_krita.jobs import Host, Job, Jobs, new_request_id, server_error, welcome_text
+from dragon_krita.jobs import Host, Job, Jobs, finished_text, new_request_id, server_error, welcome_text
 from dragon_krita.region import Rect
 from dragon_protocol import (
     Accepted,
@@ -303,3 +303,26 @@ def test_server_error_wording_and_ids():
     assert "tiny on cpu" in welcome_text(welcome())
     ids = {new_request_id() for _ in range(100)}
     assert len(ids) == 100 and all(len(i) == 32 for i in ids)
+
+
+def test_a_result_with_warnings_is_reported_with_them(router):
+    host = RecordingHost()
+    jobs = Jobs(host, lambda: Client(endpoint(router), context=router.context))
+    jobs.connect()
+    route, _ = receive(router)
+    router.send_multipart([route, encode(welcome())])
+    deadline = time.monotonic() + 5
+    while not jobs.client.connected and time.monotonic() < deadline:
+        jobs.poll()
+    done = job("w")
+    jobs.submit(done)
+    receive(router)
+    warning = "the prompt is longer than the 75 tokens the text encoder reads; these words were dropped: at dusk"
+    router.send_multipart([route, encode(Result(id="w", image=PNG, mask=PNG, box=(0, 0, 1, 1), size=(1, 1),
+                                                working_size=(1, 1), warnings=[warning]))])
+    deadline = time.monotonic() + 5
+    while ("result", "w") not in host.calls and time.monotonic() < deadline:
+        jobs.poll()
+    assert finished_text(done, None) == f'Added layer "layer". Note: {warning}.'
+    assert finished_text(job("x"), None) == 'Added layer "layer".'
+    assert finished_text(done, PluginError("nothing_changed")) == str(PluginError("nothing_changed"))

@@ -9,7 +9,7 @@ from krita import DockWidget, Krita
 from .document import active_document, controller, guide_layer, paint_layers
 from .edit import MODE_LABELS, EditSettings
 from .errors import PluginError
-from .jobs import Job
+from .jobs import Job, finished_text
 from .qt import (
     QCheckBox,
     QComboBox,
@@ -247,5 +247,5 @@ class DragonDocker(DockWidget):
         self.progress.setFormat(f"{job.stage or job.state} {job.step}/{job.total}{more}")
 
     def job_finished(self, job: Job, layer: Optional[Any], error: Optional[PluginError]) -> None:
-        self.message.setText(str(error) if error else f'Added layer "{job.prepared.layer_name}".')
+        self.message.setText(finished_text(job, error))
         self.jobs_changed(self.controller.jobs.running())
