@@ -3,6 +3,7 @@ in-process with random weights (`tiny`, `sd15-random`) so that every code path r
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MODEL_ALIASES = {"sd15": DEFAULT_MODEL}
 RANDOM_MODELS = ("tiny", "sd15-random")
+WEIGHTED_PARTS = ("unet", "vae", "text_encoder")
+"""The parts of a diffusers folder that hold weights."""
 
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -231,7 +234,14 @@ def _download(repo: str, variant: Optional[str]) -> str:
         f"unet/*{suffix}", f"vae/*{suffix}", f"text_encoder/*{suffix}",
     ]
     try:
-        return snapshot_download(repo, allow_patterns=patterns)
+        folder = snapshot_download(repo, allow_patterns=patterns)
+        # A part without the variant's files (or without safetensors at all) gets its plain weights.
+        for extension in ("safetensors", "bin"):
+            missing = [part for part in WEIGHTED_PARTS if not glob.glob(os.path.join(folder, part, "*.safetensors"))
+                       and not glob.glob(os.path.join(folder, part, "*.bin"))]
+            if missing:
+                folder = snapshot_download(repo, allow_patterns=[f"{part}/*.{extension}" for part in missing])
+        return folder
     except LocalEntryNotFoundError:
         raise ModelError(
             f"cannot download {repo}: this machine is offline and it is not in the cache; "
