@@ -68,6 +68,10 @@ class FakeDocument(Source):
         self.reads.append(rect)
         return bytes([10, 20, 30, 255]) * (rect.width * rect.height)
 
+    def visible_pixels(self, rect):
+        self.reads.append(("visible", rect))
+        return bytes([40, 50, 60, 255]) * (rect.width * rect.height)
+
     def reference_pixels(self, rect):
         return bytes([1, 2, 3, 255]) * (rect.width * rect.height)
 
@@ -187,12 +191,29 @@ def test_too_many_arrows():
         prepare_edit(EditSettings(mode="Drag"), doc, "r")
 
 
-def test_release_guidance_is_sent_as_a_setting_and_named():
+def test_paper_guidance_is_sent_as_a_named_choice_and_named():
     default = prepare_edit(EditSettings(), FakeDocument(), "a")
-    assert default.message.settings == {} and "guidance" not in default.layer_name
-    release = prepare_edit(EditSettings(release_guidance=True), FakeDocument(), "b")
-    assert decode(encode(release.message)).settings == {"release_guidance": 1.0}
-    assert release.layer_name.endswith("seed 0, release guidance)")
+    assert default.message.settings == {} and "guidance" not in default.layer_name, "the server's default: release"
+    paper = prepare_edit(EditSettings(paper_guidance=True), FakeDocument(), "b")
+    assert paper.message.settings == {"guidance": "paper"}
+    assert paper.layer_name.endswith("seed 0, paper guidance)")
+
+
+def test_a_transparent_layer_sends_what_the_painter_sees():
+    """An object on its own layer, or a layer moved off part of the canvas: the composite goes out."""
+    doc = FakeDocument()
+    layer = bytearray(bytes([10, 20, 30, 255]) * (W * H))
+    layer[3::4] = bytes(255 if i % W < 100 else 0 for i in range(W * H))  # the right half is empty
+    doc.image_pixels = lambda rect: pixels.copy_into(bytes(layer), doc.canvas, rect, channels=4)
+    prepared = prepare_edit(EditSettings(), doc, "r")
+    assert prepared.composite and doc.reads == [("visible", prepared.region)]
+    assert unpng(prepared.message.image)[2][:4] == bytes([60, 50, 40, 255])
+    assert prepared.image[:4] == bytes([60, 50, 40, 255]), "the result is unmixed against what was sent"
+    opaque = FakeDocument()
+    assert not prepare_edit(EditSettings(), opaque, "r").composite and len(opaque.reads) == 1
+    visible = FakeDocument()
+    assert prepare_edit(EditSettings(visible_canvas=True), visible, "r").composite
+    assert [read[0] for read in visible.reads] == ["visible"], "the layer itself is not read"
 
 
 def test_layer_names():

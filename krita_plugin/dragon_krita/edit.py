@@ -41,8 +41,8 @@ class EditSettings:
     """Send the visible canvas instead of the active layer's pixels."""
     reference: str = ""
     """Name of the reference layer (appearance and paste)."""
-    release_guidance: bool = False
-    """Compute guidance as the authors' release does (two gradients; slower) instead of as the paper does."""
+    paper_guidance: bool = False
+    """Guide as the paper does (one pass; faster, experimental) instead of as the authors' release does."""
 
     def check(self) -> None:
         """PluginError(bad_parameter) when a value is outside what the server accepts."""
@@ -88,7 +88,11 @@ class Source(ABC):
 
     @abstractmethod
     def image_pixels(self, rect: Rect) -> bytes:
-        """The edited image's pixels in `rect` (the active layer, or the visible canvas)."""
+        """The edited layer's pixels in `rect`."""
+
+    @abstractmethod
+    def visible_pixels(self, rect: Rect) -> bytes:
+        """What the painter sees in `rect`: the visible layers but the guides, over white (opaque)."""
 
     @abstractmethod
     def reference_pixels(self, rect: Rect) -> bytes:
@@ -113,6 +117,8 @@ class PreparedEdit:
     arrows: List[Arrow]
     image: bytes
     """The region's R,G,B,A pixels as sent, to unmix the result's soft edges against."""
+    composite: bool = False
+    """True when the visible canvas was sent (asked for, or the layer is transparent in the region)."""
 
 
 def _selection_mask(source: Source) -> Optional[Tuple[Rect, bytes, Rect]]:
@@ -154,8 +160,8 @@ def layer_name(settings: EditSettings, arrows: List[Arrow]) -> str:
     if settings.prompt:
         parts.append(f'"{settings.prompt[:30]}"')
     parts += [f"strength {settings.strength:g}", f"steps {settings.steps}", f"seed {settings.seed}"]
-    if settings.release_guidance:
-        parts.append("release guidance")
+    if settings.paper_guidance:
+        parts.append("paper guidance")
     return f"Dragon {settings.mode} ({', '.join(parts)})"
 
 
@@ -202,9 +208,14 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
     )
     if region.is_empty():
         raise PluginError("no_selection")
-    rgba = pixels.bgra_to_rgba(source.image_pixels(region))
-    if pixels.is_empty(pixels.alpha_channel(rgba)):
-        raise PluginError("empty_layer")
+    composite = settings.visible_canvas
+    bgra = b"" if composite else source.image_pixels(region)
+    if not composite:
+        alpha = pixels.alpha_channel(bgra)
+        if pixels.is_empty(alpha):
+            raise PluginError("empty_layer")
+        composite = not pixels.is_opaque(alpha)  # an object on its own layer: edit what the painter sees
+    rgba = pixels.bgra_to_rgba(source.visible_pixels(region) if composite else bgra)
     png = source.encode_png
     mask_png = None
     if selection is not None:
@@ -235,9 +246,9 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         scale=settings.scale,
         context=settings.context,
         preview_interval=1.0 if settings.preview else 0.0,
-        settings={"release_guidance": 1.0} if settings.release_guidance else {},
+        settings={"guidance": "paper"} if settings.paper_guidance else {},
     )
-    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba)
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite)
 
 
 def result_layer(
