@@ -420,3 +420,34 @@ def test_one_progress_bar_spans_every_stage():
     running.fraction, running.started = 0.5, 100.0
     assert progress_text(running, 108.0, 2) == "Sampling 5/10, about 8 s left (+2 queued)"
     assert progress_text(job("b"), 0.0, 0) == "Sending"
+
+
+def test_a_server_still_loading_says_so_until_it_is_ready(router):
+    clock, host = Clock(), RecordingHost()
+    jobs = Jobs(host, lambda: Client(endpoint(router), clock=clock, context=router.context), clock=clock)
+    jobs.connect()
+    route, _ = receive(router)
+    router.send_multipart([route, encode(welcome(state="loading", device="", dtype=""))])
+    deadline = time.monotonic() + 5
+    while not (jobs.client and jobs.client.connected) and time.monotonic() < deadline:
+        jobs.poll()
+    assert host.calls[-1] == ("connection", True, "Connected: the server is still loading tiny; 0 queued, 0 running")
+    router.send_multipart([route, encode(Pong(nonce=1, queued=0, running=0))])
+    _, hello = receive(router) if poll_jobs_until(jobs, router) else (None, None)
+    assert hello is not None and hello.type == "hello", "a pong while loading asks for a fresh welcome"
+    router.send_multipart([route, encode(welcome())])
+    deadline = time.monotonic() + 5
+    while "cpu" not in host.calls[-1][2] and time.monotonic() < deadline:
+        jobs.poll()
+    assert host.calls[-1] == ("connection", True, "Connected: tiny on cpu (float32), 0 queued, 0 running")
+    assert "could not load" in welcome_text(welcome(state="failed"), 0, 0)
+
+
+def poll_jobs_until(jobs, router):
+    """Poll the jobs until the stand-in server has a message waiting (True), or 5 s pass (False)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        jobs.poll()
+        if router.poll(10):
+            return True
+    return False

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dragon_krita import pixels
 from dragon_krita.arrows import arrow_svg
-from dragon_krita.edit import EditSettings, PreparedEdit, Source, layer_name, prepare_edit, result_layer
+from dragon_krita.edit import EditSettings, PreparedEdit, Source, layer_name, prepare_edit, result_bands
 from dragon_krita.errors import PluginError
 from dragon_krita.region import Rect
 from dragon_protocol import Edit, decode, encode, read_png_header
@@ -234,13 +234,24 @@ def prepared_for(region, under_pixel):
 def test_result_layer_places_box_and_sets_alpha_from_mask():
     prepared = prepared_for(Rect(100, 50, 64, 64), bytes([200, 100, 50, 255]))
     rgba = bytes([200, 100, 50, 255]) * 6
-    rect, bgra = result_layer(prepared, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
+    ((rect, bgra),) = result_bands(prepared, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
     assert rect == Rect(110, 70, 3, 2)
     assert bgra[:4] == bytes([50, 100, 200, 0]) and bgra[4:8] == bytes([50, 100, 200, 64])
     for box in ((0, 0, 3, 3), (62, 0, 3, 2)):
         with pytest.raises(PluginError) as info:
-            result_layer(prepared, box, rgba, bytes(6))
+            result_bands(prepared, box, rgba, bytes(6))  # checked at once, before any band is made
         assert info.value.code == "bad_reply"
+
+
+def test_big_results_come_in_bands_of_whole_rows():
+    """A big result is placed band by band so Krita's GUI thread gets a turn in between."""
+    prepared = prepared_for(Rect(0, 0, 40, 30), bytes([9, 8, 7, 255]))
+    rgba = bytes(range(256)) * (40 * 30 * 4 // 256) + bytes(40 * 30 * 4 % 256)
+    mask = bytes((i * 7) % 256 for i in range(40 * 30))
+    ((whole_rect, whole),) = result_bands(prepared, (0, 0, 40, 30), rgba, mask, band_pixels=10**6)
+    bands = list(result_bands(prepared, (0, 0, 40, 30), rgba, mask, band_pixels=100))
+    assert [rect for rect, _ in bands] == [Rect(0, y, 40, 2) for y in range(0, 30, 2)]
+    assert b"".join(data for _, data in bands) == whole and whole_rect == Rect(0, 0, 40, 30)
 
 
 def composite(layer_rgba: bytes, under: bytes) -> bytes:

@@ -106,6 +106,10 @@ class Client:
         self.socket = socket
         self._heard = self._pinged = self.clock()
         self._fetched = False
+        self.hello()
+
+    def hello(self) -> None:
+        """Say hello; the server answers with a `welcome` (its model, state and queue)."""
         self._send(Hello(client=CLIENT_NAME))
 
     def close(self) -> None:

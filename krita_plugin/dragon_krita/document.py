@@ -7,13 +7,13 @@ go to the docker, never into the document, so the only undo step an edit makes i
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from krita import Krita
 
 from . import pixels
 from .client import Client
-from .edit import EditSettings, PreparedEdit, Source, prepare_edit, result_layer
+from .edit import EditSettings, PreparedEdit, Source, prepare_edit, result_bands
 from .errors import GUIDE_LAYER_NAME, PluginError
 from .jobs import Host, Job, Jobs, new_request_id
 from .layers import color_name, kind_name, pick_edit_layer
@@ -35,6 +35,9 @@ from .qt import (
 from .region import Rect
 
 POLL_MS = 30
+PNG_QUALITY = 80
+"""Qt's PNG "quality" is the inverse of zlib's level: 80 compresses fast (level 1-2), so pressing Edit on
+a big canvas stays quick; the server is usually near, where bytes are cheap."""
 
 
 def encode_png(data: bytes, width: int, height: int, channels: int) -> bytes:
@@ -43,7 +46,7 @@ def encode_png(data: bytes, width: int, height: int, channels: int) -> bytes:
     array = QByteArray()
     buffer = QBuffer(array)
     buffer.open(OPEN_WRITE)
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", PNG_QUALITY)
     buffer.close()
     return bytes(array)
 
@@ -353,15 +356,33 @@ class Controller(Host):
 
     def job_result(self, job: Job, result: Any) -> None:
         """Put the result into one new layer directly above the edited layer: made, filled, then added,
-        so adding it is the edit's one undo step, whatever the painter did meanwhile."""
+        so adding it is the edit's one undo step, whatever the painter did meanwhile.
+
+        The layer is filled a band at a time, one band per turn of Krita's event loop, so a big result
+        never freezes Krita.
+        """
         self._check_alive(job)
         if result.image is None or result.mask is None or result.box[2] == 0:
             raise PluginError("nothing_changed")
         rgba, width, height = decode_png(result.image, 4)
         mask, _, _ = decode_png(result.mask, 1, (width, height))
-        rect, bgra = result_layer(job.prepared, tuple(result.box), rgba, mask)
+        bands = result_bands(job.prepared, tuple(result.box), rgba, mask)
         layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
-        layer.setPixelData(bgra, *rect)
+        self._fill(job, layer, bands)
+
+    def _fill(self, job: Job, layer: Any, bands: Iterator[Tuple[Rect, bytes]]) -> None:
+        """Fill `layer` with the next band, or add it above the edited layer when all are in."""
+        try:
+            band = next(bands, None)
+            if band is not None:
+                rect, bgra = band
+                layer.setPixelData(bgra, *rect)
+                QTimer.singleShot(0, lambda: self._fill(job, layer, bands))
+                return
+            self._check_alive(job)
+        except PluginError as exc:
+            self.job_failed(job, exc)
+            return
         active = job.document.activeNode()
         job.node.parentNode().addChildNode(layer, job.node)
         keep_active(job.document, active)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from dragon_protocol import Edit
 from dragon_protocol import limits as protocol_limits
@@ -251,12 +251,19 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
     return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite)
 
 
-def result_layer(
-    prepared: PreparedEdit, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes
-) -> Tuple[Rect, bytes]:
-    """Where the result goes in the document and its B,G,R,A bytes: unmixed colour, alpha = blend mask.
+BAND_PIXELS = 32768
+"""Pixels per band when a result is turned into layer pixels: small enough that one band never holds
+Krita's GUI thread for long, whatever the size of the result."""
 
-    Drawn over the edited layer, the new layer gives exactly the server's edited picture.
+
+def result_bands(
+    prepared: PreparedEdit, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes, band_pixels: int = BAND_PIXELS
+) -> Iterator[Tuple[Rect, bytes]]:
+    """Where the result goes in the document and its B,G,R,A bytes (unmixed colour, alpha = blend mask),
+    as bands of whole rows of at most about `band_pixels` pixels, computed one band per `next`.
+
+    Drawn over the edited layer, the bands give exactly the server's edited picture. The sizes and the
+    box are checked at once: PluginError(bad_reply) when they do not fit the image sent.
     """
     x, y, width, height = box
     if len(rgba) != width * height * 4 or len(mask) != width * height:
@@ -264,5 +271,14 @@ def result_layer(
     rect = result_rect(prepared.region, x, y, width, height)
     if prepared.region.intersect(rect) != rect:
         raise PluginError("bad_reply", detail=f"result box {box} lies outside the image sent")
-    under = pixels.copy_into(prepared.image, prepared.region, rect, channels=4)
-    return rect, pixels.rgba_to_bgra(pixels.with_alpha(pixels.unblend(rgba, under, mask), mask))
+    rows = max(1, band_pixels // max(width, 1))
+
+    def bands() -> Iterator[Tuple[Rect, bytes]]:
+        for top in range(0, height, rows):
+            band = Rect(rect.x, rect.y + top, width, min(rows, height - top))
+            start, end = top * width, (top + band.height) * width
+            under = pixels.copy_into(prepared.image, prepared.region, band, channels=4)
+            part = pixels.unblend(rgba[4 * start : 4 * end], under, mask[start:end])
+            yield band, pixels.rgba_to_bgra(pixels.with_alpha(part, mask[start:end]))
+
+    return bands()

@@ -46,8 +46,13 @@ backward pass); the progress bar spans all stages of an edit."""
 
 
 def welcome_text(welcome: Welcome, queued: int, running: int) -> str:
-    """The docker's status line while connected: model, device and the server's queue now."""
-    return f"Connected: {welcome.model} on {welcome.device} ({welcome.dtype}), {queued} queued, {running} running"
+    """The docker's status line while connected: model, device (or the model's loading) and the queue now."""
+    queue = f"{queued} queued, {running} running"
+    if welcome.state == "failed":
+        return f"Connected, but the server could not load its model {welcome.model} (see its log); {queue}"
+    if welcome.state != "ready":
+        return f"Connected: the server is still loading {welcome.model or 'its model'}; {queue}"
+    return f"Connected: {welcome.model} on {welcome.device} ({welcome.dtype}), {queue}"
 
 
 def edit_stages(mode: str) -> List[str]:
@@ -223,6 +228,8 @@ class Jobs:
             self._handle(event)
 
     def _show_queue(self, queued: int, running: int) -> None:
+        if self.welcome is not None and self.welcome.state == "loading" and self.client is not None:
+            self.client.hello()  # its welcome says when the model is ready
         if self.welcome is not None and (queued, running) != self.queue:
             self.queue = (queued, running)
             self.host.connection_changed(welcome_text(self.welcome, queued, running), True)

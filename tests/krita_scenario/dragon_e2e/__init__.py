@@ -312,6 +312,11 @@ class Scenario:
         self.later(4000, self.measure_stall)  # let Krita finish drawing the new canvas
 
     def measure_stall(self):
+        from dragon_krita.document import controller
+
+        self.timings = []
+        for owner, name in ((controller(), "job_result"), (controller(), "job_preview"), (controller().jobs, "poll")):
+            setattr(owner, name, self.timed(name, getattr(owner, name)))
         self.ticks = []
         self.ticker = QTimer()
         self.ticker.setInterval(10)
@@ -319,8 +324,20 @@ class Scenario:
         self.ticker.start()
         self.later(200, self.big_edit)
 
+    def timed(self, name, function):
+        def run(*args):
+            started = time.monotonic()
+            try:
+                return function(*args)
+            finally:
+                spent = time.monotonic() - started
+                if spent > 0.05:
+                    self.timings.append([name, round(started - self.edit_started, 2), round(spent, 3)])
+
+        return run
+
     def big_edit(self):
-        started = time.monotonic()
+        started = self.edit_started = time.monotonic()
         self.dragon.edit("Move", steps=STEPS, seed=3, preview=True, on_done=self.guarded(self.big_done))
         self.report["big_edit_call"] = round(time.monotonic() - started, 3)
 
@@ -332,6 +349,11 @@ class Scenario:
         self.ticker.stop()
         gaps = [b - a for a, b in zip(self.ticks, self.ticks[1:])]
         self.report["stall"] = round(max(gaps), 3) if gaps else None
+        self.report["stall_at"] = sorted(
+            ([round(b - a, 3), round(a - self.edit_started, 2)] for a, b in zip(self.ticks, self.ticks[1:])),
+            reverse=True,
+        )[:4]
+        self.report["stall_timings"] = self.timings
         self.report["ticks"] = len(self.ticks)
         self.step("stall")
         self.later(100, self.kill_server)
@@ -405,7 +427,7 @@ class Scenario:
         fragments = source.guide_svg()
         probes["shape_types"] = [shape.type() for shape in guides.shapes()]
         probes["arrows"] = [[round(v, 2) for v in arrow] for arrow in arrows_from_svg(fragments, 144, 144)]
-        probes["visible_pixel"] = list(source.visible_pixels(adapter.Rect(ARROW[2], ARROW[3], 1, 1)))
+        probes["visible_pixel"] = list(source.visible_pixels(adapter.Rect(20, 0, 1, 1)))  # on a guide line
         deep = Krita.instance().createDocument(8, 8, "deep", "RGBA", "U16", "", 72.0)
         try:
             adapter.check_color(deep)
