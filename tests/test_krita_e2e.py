@@ -275,6 +275,8 @@ def test_painters_round_trip_in_real_krita(tmp_path, server, display):
     assert probes["arrows"][1:] == [[10.0, 0.0, 30.0, 0.0], [10.0, 10.0, 10.0, 30.0]], "grouped arrows"
     assert probes["visible_pixel"] == [128, 128, 128, 255], "the composite leaves the guides out"
     assert "16-bit integer" in probes["u16"] and "U16" not in probes["u16"]
+    assert report["deleted_edit"] == "layer_gone", "deleting the edited layer ends its edit"
+    assert report["status_after_delete"].endswith("0 queued, 0 running"), "and the server stopped it"
     assert report["closed_edit"] == [True, "document_closed"], "closing the image drops its edit cleanly"
     assert "Edit sent; you can keep painting." in report["docker_after_click"]
     assert any("image was closed" in text for text in report["docker_after_close"]), report["docker_after_close"]

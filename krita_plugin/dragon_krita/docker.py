@@ -333,4 +333,3 @@ class DragonDocker(DockWidget):
             self.show_message(str(error), True, error.code)
         else:
             self.show_message(f'Added layer "{job.prepared.layer_name}".')
-        self.jobs_changed(self.controller.jobs.running())

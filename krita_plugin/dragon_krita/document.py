@@ -387,12 +387,14 @@ class Controller(Host):
         job.node.parentNode().addChildNode(layer, job.node)
         keep_active(job.document, active)
         self._notify("job_finished", job, layer, None)
+        self._notify("jobs_changed", self.jobs.running())
         callback = job.extra.get("on_done")
         if callback:
             callback(layer, None)
 
     def job_failed(self, job: Job, error: PluginError) -> None:
         self._notify("job_finished", job, None, error)
+        self._notify("jobs_changed", self.jobs.running())
         callback = job.extra.get("on_done")
         if callback:
             callback(None, error)

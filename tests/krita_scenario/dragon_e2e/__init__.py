@@ -268,6 +268,32 @@ class Scenario:
         self.combo("Move").setCurrentText("Move")
         self.probe()
         self.step("probe")
+        self.later(100, self.delete_during_edit)
+
+    def delete_during_edit(self):
+        """Delete the edited layer while its edit runs: the edit ends, and the server stops it."""
+        document = self.document
+        doomed = document.createNode("Doomed", "paintlayer")
+        doomed.setPixelData(pattern(), 0, 0, SIZE, SIZE)
+        document.rootNode().addChildNode(doomed, self.source())
+        document.setActiveNode(doomed)
+        self.report["deleted_edit"] = None
+        self.later(300, self.edit_doomed)
+
+    def edit_doomed(self):
+        self.dragon.edit("Move", steps=500, preview=False, on_done=self.guarded(self.doomed_done))
+        self.wait(lambda: self.listener.running, self.delete_doomed, 60, "the edit of the doomed layer")
+
+    def delete_doomed(self):
+        self.document.nodeByName("Doomed").remove()
+        self.document.setActiveNode(self.source())
+
+    def doomed_done(self, layer, error):
+        self.report["deleted_edit"] = error.code if error else "finished"
+        self.later(2500, self.after_delete)
+
+    def after_delete(self):
+        self.report["status_after_delete"] = self.dragon.status()
         self.later(100, self.close_during_edit)
 
     def close_during_edit(self):
