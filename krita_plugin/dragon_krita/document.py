@@ -32,7 +32,7 @@ from .qt import (
     QPainter,
     QTimer,
 )
-from .region import Rect
+from .region import Rect, preview_crop
 
 POLL_MS = 30
 PNG_QUALITY = 80
@@ -351,8 +351,12 @@ class Controller(Host):
 
     def job_preview(self, job: Job, png: bytes, box: Tuple[int, int, int, int]) -> None:
         image = QImage.fromData(png, "PNG")
-        if not image.isNull():
-            self._notify("job_preview", job, image)
+        if image.isNull():
+            return
+        if job.prepared.focus is not None:
+            crop = preview_crop(job.prepared.focus, job.prepared.region, box, (image.width(), image.height()))
+            image = image.copy(*crop)
+        self._notify("job_preview", job, image)
 
     def job_result(self, job: Job, result: Any) -> None:
         """Put the result into one new layer directly above the edited layer: made, filled, then added,

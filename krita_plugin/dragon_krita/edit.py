@@ -119,6 +119,8 @@ class PreparedEdit:
     """The region's R,G,B,A pixels as sent, to unmix the result's soft edges against."""
     composite: bool = False
     """True when the visible canvas was sent (asked for, or the layer is transparent in the region)."""
+    focus: Optional[Rect] = None
+    """The part of the document the edit may change, with a small margin: what the live preview shows."""
 
 
 def _selection_mask(source: Source) -> Optional[Tuple[Rect, bytes, Rect]]:
@@ -248,7 +250,16 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         preview_interval=1.0 if settings.preview else 0.0,
         settings={"guidance": "paper"} if settings.paper_guidance else {},
     )
-    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite)
+    focus = edit_region(
+        mode,
+        source.canvas,
+        arrows,
+        mask_box=selection[2] if selection else None,
+        reference_box=reference_box,
+        scale=settings.scale,
+        context=0.0,
+    )
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite, focus)
 
 
 BAND_PIXELS = 32768
