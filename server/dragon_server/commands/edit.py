@@ -32,10 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, default=1.0, help="multiplies the mode's guidance strength")
     p.add_argument("--working-area", type=int, help="pixel area the edit region is scaled to")
-    p.add_argument("--guidance", choices=["paper", "release"], default="paper",
-                   help="paper (default): one UNet pass per guided step gives features and noise, one gradient "
-                        "of the total energy; release: the authors' release's two gradients, each kept in its "
-                        "region, from a separate feature pass (slower)")
+    p.add_argument("--guidance", choices=["release", "paper"], default="release",
+                   help="release (default): exactly as the authors' release computes a guided step (a separate "
+                        "feature pass, two gradients each kept in its region); paper: as the paper writes it, one "
+                        "UNet pass gives features and noise and one gradient of the total energy (faster, "
+                        "experimental)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", type=_setting,
                    help="override one of the method's weights or schedule values")
     p.add_argument("--model", default="sd15", help="sd15 (default, downloaded once), tiny, sd15-random, "
@@ -107,13 +108,12 @@ class _Bars:
 def build_request(args: argparse.Namespace) -> EditRequest:
     """The EditRequest described by the command line (files opened, nothing checked yet)."""
     settings: Dict[str, float] = dict(args.set)
-    if args.guidance == "release":
-        settings.setdefault("release_guidance", 1)
     return EditRequest(
         mode=Mode(args.mode), image=_open(args.image, "image"), mask=_open(args.mask, "mask"),
         arrows=list(args.arrow), scale=args.scale, reference=_open(args.reference, "reference image"),
         reference_mask=_open(args.reference_mask, "reference mask"), prompt=args.prompt, steps=args.steps,
-        seed=args.seed, strength=args.strength, working_area=args.working_area, settings=settings)
+        seed=args.seed, strength=args.strength, working_area=args.working_area, settings=settings,
+        guidance=args.guidance)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         result.mask.save(args.mask_out)
     if args.json:
         summary = {
-            "out": args.out, "mode": args.mode, "model": model, "device": device, "box": list(result.box),
+            "out": args.out, "mode": args.mode, "guidance": args.guidance, "model": model, "device": device,
+            "box": list(result.box),
             "working_size": list(result.working_size), "timings": {k: round(v, 4) for k, v in result.timings.items()},
             "unet_evaluations": result.unet_evaluations,
         }

@@ -2,6 +2,7 @@
 
 from dragon_server.engine.engine import Engine
 from dragon_server.engine.request import (
+    GUIDANCES,
     EditCancelled,
     EditError,
     EditRequest,
@@ -15,5 +16,5 @@ from dragon_server.engine.settings import MethodSettings
 
 __all__ = [
     "Engine", "EditRequest", "EditResult", "EditError", "InputError", "ModelError", "EditCancelled",
-    "Mode", "ProgressEvent", "MethodSettings",
+    "Mode", "ProgressEvent", "MethodSettings", "GUIDANCES",
 ]

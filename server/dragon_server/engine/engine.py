@@ -97,7 +97,7 @@ class Engine:
         returns True the edit stops within one step with EditCancelled. Bad input raises InputError."""
         clock = _Clock(self.components.device)
         request = check_request(request)
-        settings = MethodSettings.for_mode(request.mode, request.settings)
+        settings = MethodSettings.for_mode(request.mode, request.settings, request.guidance)
         schedule = Schedule.build(settings, request.steps)
         plan = plan_pixels(request, request.working_area or self.components.default_area)
         runner = self.runner

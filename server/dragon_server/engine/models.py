@@ -70,6 +70,14 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def default_area(sample_size) -> int:
+    """The default working area (pixels) of a UNet whose latents are `sample_size` cells wide: the
+    release's 768^2 for SD 1.x (1.5 times its 512 px training size: 64 latent cells of 8 px), scaled with
+    the latent size for other models. `sample_size` is the UNet config's (an int, or a pair)."""
+    side = 12 * int(sample_size if isinstance(sample_size, int) else max(sample_size))
+    return side * side
+
+
 def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype:
     """Half precision on GPUs (fp16, or bf16 when asked), fp32 on the CPU."""
     names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -244,19 +252,15 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
     name = MODEL_ALIASES.get(model, model)
     if name in RANDOM_MODELS:
         parts = build_random(name)
-        area = 128 * 128 if name == "tiny" else 768 * 768
     elif os.path.isdir(name):
         parts = _from_folder(name, dt, variant)
-        area = 768 * 768
     elif name.endswith((".safetensors", ".ckpt")):
         if not os.path.isfile(name):
             raise ModelError(f"checkpoint {name} does not exist: give the path of a .safetensors or .ckpt file")
         parts = _from_single_file(name, dt)
-        area = 768 * 768
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         log.info("loading %s (downloaded on first use, then cached)", name)
         parts = _from_folder(_download(name, variant), dt, variant)
-        area = 768 * 768
     elif name.startswith((".", "/", "~")) or os.path.sep in name:
         raise ModelError(f"model {name} does not exist: give a diffusers model folder or a .safetensors/.ckpt file")
     else:
@@ -265,6 +269,7 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
             "a diffusers folder or a .safetensors/.ckpt file"
         )
     unet, vae, text_encoder, tokenizer, scheduler = parts
+    area = 128 * 128 if name == "tiny" else default_area(unet.config.sample_size)
     for module in (unet, vae, text_encoder):
         module.to(device=dev).eval().requires_grad_(False)
         if module.dtype != dt:

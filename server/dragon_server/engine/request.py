@@ -18,6 +18,10 @@ class Mode(str, enum.Enum):
     PASTE = "paste"
 
 
+GUIDANCES = ("release", "paper")
+"""How guided steps compute their gradient: as the authors' release does (the default) or as the paper
+writes it (see `MethodSettings.guidance`)."""
+
 Arrow = Tuple[float, float, float, float]
 """(x0, y0, x1, y1) in image pixels: from the start point to the end point."""
 
@@ -83,6 +87,8 @@ class EditRequest:
     """Margin around the edit, as a fraction of its size, that the model sees as context."""
     settings: Dict[str, float] = field(default_factory=dict)
     """Overrides of the method's weights and schedule, by name (see `MethodSettings`)."""
+    guidance: str = "release"
+    """"release" (default) or "paper": see `MethodSettings.guidance`."""
 
 
 @dataclass

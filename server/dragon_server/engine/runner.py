@@ -51,17 +51,18 @@ class Runner:
 
     @torch.no_grad()
     def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Predicted noise (no gradient)."""
+        """Predicted noise (no gradient), fp32, for latents (B, 4, h, w) of any float dtype."""
         self.count("forward", z.shape[0])
-        return unet_forward(self.c.unet, z, t, text)
+        return unet_forward(self.c.unet, z.to(self.c.dtype), t, text).float()
 
     def features(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> List[torch.Tensor]:
         """Guidance features by an early-exit pass; differentiable when grad is enabled."""
         return self.features_from(self.trunk(z, t, text))
 
     def trunk(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> Trunk:
-        """The start of a forward (no decoder self-attention yet), to share between passes."""
-        return trunk(self.c.unet, z, t, text)
+        """The start of a forward (no decoder self-attention yet), to share between passes; `z` of any
+        float dtype (a gradient flows back to it in its own dtype)."""
+        return trunk(self.c.unet, z.to(self.c.dtype), t, text)
 
     def features_from(self, state: Trunk) -> List[torch.Tensor]:
         """Guidance features, continuing an early-exit pass from `state`."""
@@ -75,9 +76,9 @@ class Runner:
 
     @torch.no_grad()
     def noise_from(self, state: Trunk) -> torch.Tensor:
-        """Predicted noise, continuing a forward from `state` (no gradient)."""
+        """Predicted noise (fp32), continuing a forward from `state` (no gradient)."""
         self.count("forward", state.h.shape[0])
-        return head(self.c.unet, state.detach())
+        return head(self.c.unet, state.detach()).float()
 
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:

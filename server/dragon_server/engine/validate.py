@@ -14,7 +14,7 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image
 
-from dragon_server.engine.request import Arrow, EditRequest, InputError, Mode
+from dragon_server.engine.request import GUIDANCES, Arrow, EditRequest, InputError, Mode
 
 MAX_ARROWS = 32
 MAX_PIXELS = 64_000_000
@@ -120,6 +120,8 @@ def check_request(request: EditRequest) -> EditRequest:
     _number(request.context, "context", 0, 4)
     if request.working_area is not None:
         _number(request.working_area, "working area", 64 * 64, 2048 * 2048, whole=True)
+    if request.guidance not in GUIDANCES:
+        raise InputError(f"unknown guidance {request.guidance!r}: choose {' or '.join(GUIDANCES)}")
     if not isinstance(request.prompt, str) or len(request.prompt) > 1000:
         raise InputError("prompt must be text of at most 1000 characters")
 

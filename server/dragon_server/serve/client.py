@@ -151,6 +151,7 @@ def edit_message(request: EditRequest, request_id: str) -> Edit:
         context=request.context,
         working_area=request.working_area,
         settings=dict(request.settings),
+        guidance=request.guidance,
     )
 
 

@@ -176,6 +176,7 @@ def to_engine_request(edit: Edit) -> EditRequest:
         working_area=edit.working_area,
         context=edit.context,
         settings=dict(edit.settings),
+        guidance=edit.guidance,
     )
 
 
