@@ -192,11 +192,12 @@ def test_too_many_arrows():
 
 
 def test_paper_guidance_is_sent_as_a_named_choice_and_named():
-    default = prepare_edit(EditSettings(), FakeDocument(), "a")
-    assert default.message.settings == {} and "guidance" not in default.layer_name, "the server's default: release"
+    default = roundtrip(prepare_edit(EditSettings(), FakeDocument(), "a").message)
+    assert default.guidance == "release" and default.settings == {}, "the authors' release by default"
     paper = prepare_edit(EditSettings(paper_guidance=True), FakeDocument(), "b")
-    assert paper.message.settings == {"guidance": "paper"}
+    assert roundtrip(paper.message).guidance == "paper"
     assert paper.layer_name.endswith("seed 0, paper guidance)")
+    assert "guidance" not in prepare_edit(EditSettings(), FakeDocument(), "c").layer_name
 
 
 def test_a_transparent_layer_sends_what_the_painter_sees():

@@ -248,7 +248,7 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         scale=settings.scale,
         context=settings.context,
         preview_interval=1.0 if settings.preview else 0.0,
-        settings={"guidance": "paper"} if settings.paper_guidance else {},
+        guidance="paper" if settings.paper_guidance else "release",
     )
     focus = edit_region(
         mode,
