@@ -280,13 +280,19 @@ def test_painters_round_trip_in_real_krita(tmp_path, server, display):
     assert report["closed_edit"] == [True, "document_closed"], "closing the image drops its edit cleanly"
     assert "Edit sent; you can keep painting." in report["docker_after_click"]
     assert any("image was closed" in text for text in report["docker_after_close"]), report["docker_after_close"]
+    layout = report["layout"]
+    assert [2, 500] in layout["spin_ranges"] and [0.0, 100.0] in layout["spin_ranges"], "the server's ranges"
+    assert layout["scrolls"] and layout["key_fields_shown"] == [], "keys fold away, the docker scrolls"
+    assert layout["checkboxes"]["Paper guidance (faster, experimental)"] is False, "release guidance by default"
+    assert (layout["saved_steps"], layout["saved_strength"]) == ("50", "1.0"), "the docker's Edit saved them"
 
     # No freezes on a 3000x2000 canvas.
     assert report["big_edit"].startswith("Dragon Move ("), report["big_edit"]
     assert report["stall"] is not None and report["stall"] < MAX_STALL, (report["stall"], report["big_edit_call"])
     # The server killed: noticed within seconds, reconnected by itself when restarted.
-    assert report["noticed_after"] is not None and report["noticed_after"] < 8, report["noticed_after"]
+    assert report["noticed_after"] is not None and report["noticed_after"] < 7, report["noticed_after"]
     assert "stopped answering" in report["status_dead"]
+    assert any("color" in style for style in report["style_dead"]), "errors look different from information"
     assert report["status_back"].startswith("Connected")
     assert any(text.startswith("Connected") for text in report["docker_back"]), report["docker_back"]
     # The server stopped (SIGTERM) during an edit: said in those words.

@@ -199,15 +199,11 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         start = bounding_rect([arrows[0][0]], [arrows[0][1]]) if mode == "paste" else reference_box
         if reference_box.pad(1).intersect(start).is_empty():
             raise PluginError("paste_start", detail=repr(settings.reference))
-    region = edit_region(
-        mode,
-        source.canvas,
-        arrows,
-        mask_box=selection[2] if selection else None,
-        reference_box=reference_box,
-        scale=settings.scale,
-        context=settings.context,
-    )
+    def area(context: float) -> Rect:
+        mask_box = selection[2] if selection else None
+        return edit_region(mode, source.canvas, arrows, mask_box, reference_box, settings.scale, context)
+
+    region = area(settings.context)
     if region.is_empty():
         raise PluginError("no_selection")
     composite = settings.visible_canvas
@@ -250,16 +246,7 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         preview_interval=1.0 if settings.preview else 0.0,
         guidance="paper" if settings.paper_guidance else "release",
     )
-    focus = edit_region(
-        mode,
-        source.canvas,
-        arrows,
-        mask_box=selection[2] if selection else None,
-        reference_box=reference_box,
-        scale=settings.scale,
-        context=0.0,
-    )
-    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite, focus)
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite, area(0.0))
 
 
 BAND_PIXELS = 32768

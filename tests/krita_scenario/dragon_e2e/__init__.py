@@ -15,7 +15,7 @@ import traceback
 
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import QComboBox, QLabel, QPushButton
+from PyQt5.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QPushButton, QScrollArea, QSpinBox
 
 REPORT = os.environ.get("DRAGON_E2E_REPORT", "")
 SIZE = 192
@@ -311,6 +311,7 @@ class Scenario:
 
     def after_close(self):
         self.report["docker_after_close"] = self.docker_texts()
+        self.layout_probe()
         self.step("closed")
         self.later(100, self.big_document)
 
@@ -395,6 +396,7 @@ class Scenario:
         self.report["noticed_after"] = round(time.time() - float(killed), 2) if killed else None
         self.report["status_dead"] = self.dragon.status()
         self.report["docker_dead"] = self.docker_texts()
+        self.report["style_dead"] = self.status_style()
         self.marker("noticed")
         self.wait(self.dragon.connected, self.reconnected, 120, "the reconnection")
 
@@ -416,6 +418,23 @@ class Scenario:
         self.report["docker_stopped"] = self.docker_texts()
         self.big.setModified(False)
         self.finish()
+
+    def layout_probe(self):
+        """The docker's controls: ranges, scrolling, folded keys, the guidance box, remembered settings."""
+        docker = self.docker()
+        boxes = docker.findChildren(QSpinBox) + docker.findChildren(QDoubleSpinBox)
+        labels = docker.findChildren(QLabel)
+        self.report["layout"] = {
+            "spin_ranges": sorted([box.minimum(), box.maximum()] for box in boxes),
+            "scrolls": bool(docker.findChildren(QScrollArea)),
+            "key_fields_shown": [text.text() for text in labels if text.text().endswith(" key") and text.isVisible()],
+            "checkboxes": {box.text(): box.isChecked() for box in docker.findChildren(QCheckBox)},
+            "saved_steps": Krita.instance().readSetting("dragon_krita", "steps", ""),
+            "saved_strength": Krita.instance().readSetting("dragon_krita", "strength", ""),
+        }
+
+    def status_style(self):
+        return [label.styleSheet() for label in self.docker().findChildren(QLabel) if "server" in label.text()]
 
     def probe(self):
         """The document adapter's other inputs, read in real Krita without running edits."""
