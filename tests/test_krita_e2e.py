@@ -295,6 +295,11 @@ def test_painters_round_trip_in_real_krita(tmp_path, server, display):
     assert any("color" in style for style in report["style_dead"]), "errors look different from information"
     assert report["status_back"].startswith("Connected")
     assert any(text.startswith("Connected") for text in report["docker_back"]), report["docker_back"]
+    assert any(text.startswith("Not connected") for text in report["docker_edit_dead"]), report["docker_edit_dead"]
+    assert not any(text.startswith("Not connected") for text in report["docker_back"]), "cleared once fixed"
+    # One progress bar for the whole edit, with the time left.
+    fraction, text = report["progress"]
+    assert 0 < fraction < 1 and "/500, about" in text and text.endswith(" s left"), report["progress"]
     # The server stopped (SIGTERM) during an edit: said in those words.
     assert report["stopped_edit"] == "server_shutdown"
     assert any("server shut down" in text for text in report["docker_stopped"]), report["docker_stopped"]

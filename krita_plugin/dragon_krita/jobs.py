@@ -182,7 +182,7 @@ class Jobs:
         """Close the connection and stop retrying; edits still running are reported as lost."""
         if self.client is not None:
             self.client.close()
-        self.client = None
+        self.client = self.welcome = None
         self.retry_at = None
         self._fail_all(PluginError("not_connected"))
 

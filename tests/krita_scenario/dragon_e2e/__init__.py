@@ -15,7 +15,16 @@ import traceback
 
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QPushButton, QScrollArea, QSpinBox
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+)
 
 REPORT = os.environ.get("DRAGON_E2E_REPORT", "")
 SIZE = 192
@@ -124,6 +133,10 @@ class Scenario:
     def docker(self):
         (docker,) = [d for d in Krita.instance().dockers() if d.windowTitle() == "DragonDiffusion"]
         return docker
+
+    def edit_button(self):
+        (button,) = [b for b in self.docker().findChildren(QPushButton) if b.text() == "Edit"]
+        return button
 
     def docker_texts(self):
         return [label.text() for label in self.docker().findChildren(QLabel)]
@@ -302,8 +315,7 @@ class Scenario:
         document.setActiveNode(self.source())
         self.report["closed_edit"] = None
         self.dragon.edit("Move", steps=STEPS, preview=True, on_done=self.guarded(self.closed))
-        (edit_button,) = [b for b in self.docker().findChildren(QPushButton) if b.text() == "Edit"]
-        edit_button.click()  # a second edit, queued through the docker
+        self.edit_button().click()  # a second edit, queued through the docker
         self.report["docker_after_click"] = self.docker_texts()
         document.setModified(False)
         document.close()
@@ -397,6 +409,8 @@ class Scenario:
         self.report["status_dead"] = self.dragon.status()
         self.report["docker_dead"] = self.docker_texts()
         self.report["style_dead"] = self.status_style()
+        self.edit_button().click()  # while the server is away
+        self.report["docker_edit_dead"] = self.docker_texts()
         self.marker("noticed")
         self.wait(self.dragon.connected, self.reconnected, 120, "the reconnection")
 
@@ -408,7 +422,12 @@ class Scenario:
     def edit_then_stop_server(self):
         self.report["docker_back"] = self.docker_texts()
         self.dragon.edit("Move", steps=500, seed=4, preview=False, on_done=self.guarded(self.stopped))
-        self.wait(lambda: self.listener.running, lambda: self.marker("term"), 60, "the long edit to run")
+        self.wait(lambda: self.listener.running, lambda: self.later(3000, self.stop_server), 60, "the long edit")
+
+    def stop_server(self):
+        (bar,) = self.docker().findChildren(QProgressBar)
+        self.report["progress"] = [bar.value() / bar.maximum(), bar.text()]
+        self.marker("term")
 
     def stopped(self, layer, error):
         self.report["stopped_edit"] = error.code if error else "finished"
