@@ -40,7 +40,10 @@ MESSAGES: Dict[str, str] = {
     "empty_reference": "The reference layer {detail} is empty; paint or paste the reference object there.",
     "paste_start": "Start the paste arrow on the object in the reference layer {detail}; end it at its new place.",
     "bad_parameter": "{detail}",
-    "not_connected": "Not connected to a DragonDiffusion server; check the address and press Connect.",
+    "not_connected": (
+        "Not connected to a DragonDiffusion server yet; the docker keeps trying the address next to Server "
+        "(press Connect after changing it)."
+    ),
     "cannot_connect": (
         "Cannot reach the DragonDiffusion server at {detail}. Is `dragon serve` running, and is the address "
         "right? Trying again every few seconds."
