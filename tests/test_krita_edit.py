@@ -2,6 +2,7 @@
 
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -9,7 +10,15 @@ from hypothesis import strategies as st
 
 from dragon_krita import pixels
 from dragon_krita.arrows import arrow_svg
-from dragon_krita.edit import EditSettings, PreparedEdit, Source, layer_name, prepare_edit, result_bands
+from dragon_krita.edit import (
+    EditSettings,
+    PreparedEdit,
+    Source,
+    encode_images,
+    gather_edit,
+    layer_name,
+    result_bands,
+)
 from dragon_krita.errors import PluginError
 from dragon_krita.region import Rect
 from dragon_protocol import Edit, decode, encode, read_png_header
@@ -83,8 +92,12 @@ class FakeDocument(Source):
                 mask[y * W + box.x : y * W + box.right] = b"\xff" * box.width
         return self.canvas, bytes(mask)
 
-    def encode_png(self, data, width, height, channels):
-        return png(data, width, height, channels)
+
+def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
+    """The edit with its images encoded, as the plugin sends it."""
+    prepared = gather_edit(settings, source, request_id)
+    prepared.message = encode_images(prepared, png)
+    return prepared
 
 
 def roundtrip(message: Edit) -> Edit:
@@ -285,3 +298,15 @@ def test_result_layer_over_the_source_gives_the_servers_picture(pixels_):
 def test_unblend_checks_sizes():
     with pytest.raises(ValueError):
         pixels.unblend(bytes(8), bytes(4), bytes(2))
+
+
+def test_images_are_encoded_apart_from_reading_the_document():
+    """Reading is quick; PNG encoding of a big region is not, so the Krita side runs it on a worker thread."""
+    settings = EditSettings(mode="Paste", reference="Ref")
+    doc = FakeDocument(arrows=((160, 110, 60, 50),), reference=Rect(150, 100, 20, 20))
+    gathered = gather_edit(settings, doc, "r")
+    assert gathered.message.image == b"" and gathered.message.mask is None
+    assert sorted(gathered.raw) == ["image", "mask", "reference", "reference_mask"]
+    with ThreadPoolExecutor(1) as pool:
+        message = pool.submit(encode_images, gathered, png).result()
+    assert roundtrip(message) == roundtrip(prepare_edit(settings, doc, "r").message)

@@ -7,13 +7,14 @@ go to the docker, never into the document, so the only undo step an edit makes i
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from krita import Krita
 
 from . import pixels
 from .client import Client
-from .edit import EditSettings, PreparedEdit, Source, prepare_edit, result_bands
+from .edit import EditSettings, Source, encode_images, gather_edit, result_bands
 from .errors import GUIDE_LAYER_NAME, PluginError
 from .jobs import Host, Job, Jobs, new_request_id
 from .layers import color_name, kind_name, pick_edit_layer
@@ -230,9 +231,6 @@ class KritaSource(Source):
             return Rect(0, 0, 1, 1), b"\0"
         return rect, pixels.alpha_channel(bytes(node.pixelData(*rect)))
 
-    def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
-        return encode_png(data, width, height, channels)
-
 
 def _same(a: Any, b: Any) -> bool:
     """Krita makes new Python wrappers on every call; compare what they wrap."""
@@ -256,6 +254,9 @@ class Controller(Host):
         self.status = ("Not connected.", False)
         self.painted: List[Tuple[Any, Any]] = []
         """(document, paint layer) the painter was last on, per document."""
+        self.encoder = ThreadPoolExecutor(1)  # QImage writes PNGs without holding Python's lock
+        self.encoding: List[Tuple[Job, Future]] = []
+        """Edits whose images are being encoded, sent once they are."""
         self.timer = QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -291,27 +292,43 @@ class Controller(Host):
     def start_edit(
         self, settings: EditSettings, on_done: Optional[Callable[[Any, Optional[PluginError]], None]] = None
     ) -> Job:
-        """Prepare an edit from the active document and send it; PluginError says what is missing."""
+        """Read an edit from the active document; PluginError says what is missing. Its images are
+        encoded on a worker thread and it is sent from the timer once they are, so Edit never freezes Krita."""
         if not self.connected:
             raise PluginError("not_connected")
         document = active_document()
         source = KritaSource(document, settings, self.remembered_layer(document))
-        prepared: PreparedEdit = prepare_edit(settings, source, new_request_id())
-        job = Job(prepared, document, source.node)
+        job = Job(gather_edit(settings, source, new_request_id()), document, source.node, state="encoding")
         job.extra.update(on_done=on_done)
-        self.jobs.submit(job)
+        self.encoding.append((job, self.encoder.submit(encode_images, job.prepared, encode_png)))
         return job
 
+    def _send_encoded(self) -> None:
+        for job, future in [pair for pair in self.encoding if pair[1].done()]:
+            self.encoding.remove((job, future))
+            job.prepared.message, job.prepared.raw = future.result(), {}
+            try:
+                self._check_alive(job)
+                self.jobs.submit(job)
+            except PluginError as exc:
+                self.job_failed(job, exc)
+
     def cancel(self) -> None:
+        encoding, self.encoding = self.encoding, []
+        for job, _ in encoding:
+            self.job_failed(job, PluginError("cancelled"))
         self.jobs.cancel()
 
     def poll(self) -> None:
         self._note_active_layer()
+        self._send_encoded()
         self.jobs.poll()
 
     def shutdown(self) -> None:
         """Krita is closing: stop polling and drop the socket without touching documents."""
         self.timer.stop()
+        self.encoding = []
+        self.encoder.shutdown(wait=False)
         self.jobs.drop(lambda job: True)
         self.jobs.disconnect()
 

@@ -8,8 +8,8 @@ without Krita.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from dragon_protocol import Edit
 from dragon_protocol import limits as protocol_limits
@@ -23,6 +23,10 @@ MODE_LABELS = ("Move", "Resize", "Drag", "Appearance", "Paste")
 """The docker's modes; Resize is a move with a scale."""
 
 WIRE_MODES = {"Move": "move", "Resize": "move", "Drag": "drag", "Appearance": "appearance", "Paste": "paste"}
+
+Raw = Tuple[bytes, int, int, int]
+"""Pixels to become a PNG: R,G,B,A (channels 4) or grey (channels 1) bytes, width, height, channels."""
+PngWriter = Callable[[bytes, int, int, int], bytes]
 
 
 @dataclass
@@ -102,14 +106,14 @@ class Source(ABC):
     def reference_mask(self) -> Tuple[Rect, bytes]:
         """The reference object: the reference layer's selection mask, or else its alpha."""
 
-    @abstractmethod
-    def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
-        """PNG of R,G,B,A (channels 4) or grey (channels 1) bytes."""
-
 
 @dataclass
 class PreparedEdit:
-    """An edit ready to send, and what is needed to place its result."""
+    """An edit to send, and what is needed to place its result.
+
+    Its message's images are in `raw` until `encode_images` turns them into PNGs (slow on big
+    regions, so the Krita side does it on a worker thread).
+    """
 
     message: Edit
     region: Rect
@@ -121,6 +125,14 @@ class PreparedEdit:
     """True when the visible canvas was sent (asked for, or the layer is transparent in the region)."""
     focus: Optional[Rect] = None
     """The part of the document the edit may change, with a small margin: what the live preview shows."""
+    raw: Dict[str, Raw] = field(default_factory=dict)
+    """The message's images not encoded yet: field name -> pixels."""
+
+
+def encode_images(prepared: PreparedEdit, png: PngWriter) -> Edit:
+    """The message with every image of `prepared.raw` encoded by `png`. Reads `prepared` only, so it
+    may run on a worker thread."""
+    return replace(prepared.message, **{name: png(*raw) for name, raw in prepared.raw.items()})
 
 
 def _selection_mask(source: Source) -> Optional[Tuple[Rect, bytes, Rect]]:
@@ -167,8 +179,9 @@ def layer_name(settings: EditSettings, arrows: List[Arrow]) -> str:
     return f"Dragon {settings.mode} ({', '.join(parts)})"
 
 
-def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
-    """Read the document through `source` and build the `edit` message for `settings`.
+def gather_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
+    """Read the document through `source` and build the `edit` message for `settings`, its images
+    still raw (see `encode_images`).
 
     Raises PluginError, worded for the painter, when an input the mode needs is missing.
     """
@@ -214,16 +227,13 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
             raise PluginError("empty_layer")
         composite = not pixels.is_opaque(alpha)  # an object on its own layer: edit what the painter sees
     rgba = pixels.bgra_to_rgba(source.visible_pixels(region) if composite else bgra)
-    png = source.encode_png
-    mask_png = None
+    raw = {"image": (rgba, region.width, region.height, 4)}
     if selection is not None:
-        mask = pixels.copy_into(selection[1], selection[0], region)
-        mask_png = png(mask, region.width, region.height, 1)
-    reference_png = reference_mask_png = None
+        raw["mask"] = (pixels.copy_into(selection[1], selection[0], region), region.width, region.height, 1)
     if reference_region is not None:
         ref_rgba = pixels.bgra_to_rgba(source.reference_pixels(reference_region))
-        reference_png = png(ref_rgba, reference_region.width, reference_region.height, 4)
-        reference_mask_png = png(reference_data, reference_region.width, reference_region.height, 1)
+        raw["reference"] = (ref_rgba, reference_region.width, reference_region.height, 4)
+        raw["reference_mask"] = (reference_data, reference_region.width, reference_region.height, 1)
     wire_arrows = (
         paste_arrows(arrows, reference_region, region)
         if mode == "paste" and reference_region is not None
@@ -232,11 +242,8 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
     message = Edit(
         id=request_id,
         mode=mode,
-        image=png(rgba, region.width, region.height, 4),
-        mask=mask_png,
+        image=b"",
         arrows=[tuple(a) for a in wire_arrows],
-        reference=reference_png,
-        reference_mask=reference_mask_png,
         prompt=settings.prompt,
         steps=settings.steps,
         seed=settings.seed,
@@ -246,7 +253,7 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         preview_interval=1.0 if settings.preview else 0.0,
         guidance="paper" if settings.paper_guidance else "release",
     )
-    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite, area(0.0))
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite, area(0.0), raw)
 
 
 BAND_PIXELS = 32768

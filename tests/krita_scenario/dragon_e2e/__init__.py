@@ -459,7 +459,7 @@ class Scenario:
         """The document adapter's other inputs, read in real Krita without running edits."""
         from dragon_krita import document as adapter
         from dragon_krita.arrows import arrows_from_svg
-        from dragon_krita.edit import EditSettings, prepare_edit
+        from dragon_krita.edit import EditSettings, encode_images, gather_edit
         from dragon_krita.errors import PluginError
 
         document = self.document
@@ -479,7 +479,7 @@ class Scenario:
         rect, mask = source.reference_mask()
         probes["local_selection"] = [rect.x, rect.y, rect.width, rect.height, sum(1 for v in mask if v)]
         local.remove()
-        message = prepare_edit(source.settings, source, "probe").message
+        message = encode_images(gather_edit(source.settings, source, "probe"), adapter.encode_png)
         probes["paste"] = [len(message.reference), len(message.reference_mask), list(message.arrows[0])]
         rgba, width, height = adapter.decode_png(message.reference, 4)
         probes["reference_png"] = [width, height, list(rgba[:4])]
