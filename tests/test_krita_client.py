@@ -414,7 +414,8 @@ def test_one_progress_bar_spans_every_stage():
     paste = edit_fraction("paste", 10, "sampling", 0, 10)
     assert paste > edit_fraction("paste", 10, "reference", 0, 10) and paste == pytest.approx(0.5)
     assert edit_fraction("move", 10, "mystery", 1, 1) == 0.0
-    assert time_left(0.25, 10.0) == pytest.approx(30.0) and time_left(0.01, 1.0) is None
+    assert time_left(0.25, 10.0) == pytest.approx(30.0) and time_left(0.01, 2.0) == pytest.approx(198.0)
+    assert time_left(0.0, 5.0) is None and time_left(0.5, 0.5) is None, "no guess before there is data"
     running = job("a")
     running.state, running.stage, running.step, running.total = "running", "sampling", 5, 10
     running.fraction, running.started = 0.5, 100.0

@@ -8,6 +8,7 @@ go to the docker, never into the document, so the only undo step an edit makes i
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from krita import Krita
@@ -73,6 +74,13 @@ def image_bytes(image: Any, channels: int) -> bytes:
     if stride != row:
         raw = b"".join(raw[y * stride : y * stride + row] for y in range(height))
     return raw
+
+
+def decode_result(result: Any) -> Tuple[bytes, bytes]:
+    """A `result` message's R,G,B,A image and its grey blend mask (scaled to the image if it differs)."""
+    rgba, width, height = decode_png(result.image, 4)
+    mask, _, _ = decode_png(result.mask, 1, (width, height))
+    return rgba, mask
 
 
 def active_document() -> Any:
@@ -254,9 +262,9 @@ class Controller(Host):
         self.status = ("Not connected.", False)
         self.painted: List[Tuple[Any, Any]] = []
         """(document, paint layer) the painter was last on, per document."""
-        self.encoder = ThreadPoolExecutor(1)  # QImage writes PNGs without holding Python's lock
-        self.encoding: List[Tuple[Job, Future]] = []
-        """Edits whose images are being encoded, sent once they are."""
+        self.worker = ThreadPoolExecutor(1)  # QImage reads and writes PNGs without holding Python's lock
+        self.background: List[Tuple[Job, Future, Callable[[Any], None]]] = []
+        """(job, work on the worker thread, what the timer does with its outcome)."""
         self.timer = QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -300,35 +308,44 @@ class Controller(Host):
         source = KritaSource(document, settings, self.remembered_layer(document))
         job = Job(gather_edit(settings, source, new_request_id()), document, source.node, state="encoding")
         job.extra.update(on_done=on_done)
-        self.encoding.append((job, self.encoder.submit(encode_images, job.prepared, encode_png)))
+        self._in_background(job, partial(encode_images, job.prepared, encode_png), partial(self._send, job))
         return job
 
-    def _send_encoded(self) -> None:
-        for job, future in [pair for pair in self.encoding if pair[1].done()]:
-            self.encoding.remove((job, future))
-            job.prepared.message, job.prepared.raw = future.result(), {}
+    def _send(self, job: Job, message: Any) -> None:
+        job.prepared.message, job.prepared.raw = message, {}
+        self._check_alive(job)
+        self.jobs.submit(job)
+
+    def _in_background(self, job: Job, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """Run `work()` on the worker thread; `then(outcome)` runs from the timer once it is done."""
+        self.background.append((job, self.worker.submit(work), then))
+
+    def _background_done(self) -> None:
+        for item in [item for item in self.background if item[1].done()]:
+            self.background.remove(item)
+            job, future, then = item
             try:
-                self._check_alive(job)
-                self.jobs.submit(job)
+                then(future.result())
             except PluginError as exc:
                 self.job_failed(job, exc)
 
     def cancel(self) -> None:
-        encoding, self.encoding = self.encoding, []
-        for job, _ in encoding:
-            self.job_failed(job, PluginError("cancelled"))
+        encoding = [item for item in self.background if item[0].state == "encoding"]
+        for item in encoding:
+            self.background.remove(item)
+            self.job_failed(item[0], PluginError("cancelled"))
         self.jobs.cancel()
 
     def poll(self) -> None:
         self._note_active_layer()
-        self._send_encoded()
+        self._background_done()
         self.jobs.poll()
 
     def shutdown(self) -> None:
         """Krita is closing: stop polling and drop the socket without touching documents."""
         self.timer.stop()
-        self.encoding = []
-        self.encoder.shutdown(wait=False)
+        self.background = []
+        self.worker.shutdown(wait=False)
         self.jobs.drop(lambda job: True)
         self.jobs.disconnect()
 
@@ -379,15 +396,16 @@ class Controller(Host):
         """Put the result into one new layer directly above the edited layer: made, filled, then added,
         so adding it is the edit's one undo step, whatever the painter did meanwhile.
 
-        The layer is filled a band at a time, one band per turn of Krita's event loop, so a big result
-        never freezes Krita.
+        The PNGs are decoded on the worker thread, then the layer is filled a band at a time, one band
+        per turn of Krita's event loop, so a big result never freezes Krita.
         """
         self._check_alive(job)
         if result.image is None or result.mask is None or result.box[2] == 0:
             raise PluginError("nothing_changed")
-        rgba, width, height = decode_png(result.image, 4)
-        mask, _, _ = decode_png(result.mask, 1, (width, height))
-        bands = result_bands(job.prepared, tuple(result.box), rgba, mask)
+        self._in_background(job, partial(decode_result, result), partial(self._land, job, tuple(result.box)))
+
+    def _land(self, job: Job, box: Tuple[int, int, int, int], decoded: Tuple[bytes, bytes]) -> None:
+        bands = result_bands(job.prepared, box, *decoded)
         layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
         self._fill(job, layer, bands)
 

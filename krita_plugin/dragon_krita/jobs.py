@@ -80,8 +80,9 @@ def edit_fraction(mode: str, steps: int, stage: str, step: int, total: int) -> f
 
 
 def time_left(fraction: float, elapsed: float) -> Optional[float]:
-    """Seconds left, extrapolated from `elapsed` seconds for `fraction` of the work; None too early."""
-    if fraction < 0.02 or elapsed <= 0:
+    """Seconds left, extrapolated from `elapsed` seconds for `fraction` of the work; None in the first
+    second or before any work is done."""
+    if fraction <= 0 or elapsed < 1.0:
         return None
     return elapsed * (1 - fraction) / fraction
 
