@@ -55,7 +55,8 @@ def check_address(address: str) -> str:
         return address
     if address.startswith("tcp://"):
         host, _, port = address[6:].rpartition(":")
-        if host and port.isdigit() and 0 < int(port) < 65536:
+        ipv6_ok = ":" not in host or host.startswith("[") and host.endswith("]")  # IPv6 in brackets
+        if host and ipv6_ok and port.isdigit() and 0 < int(port) < 65536:
             return address
     raise PluginError("bad_address", detail=repr(address))
 
@@ -100,6 +101,7 @@ class Client:
         socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().hex.encode())  # survives reconnects underneath
         socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        socket.setsockopt(zmq.IPV6, self.address.startswith("tcp://["))
         if self.keys:
             socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self.keys
         socket.connect(self.address)
