@@ -14,6 +14,7 @@ from dragon_krita.jobs import (
     Job,
     Jobs,
     edit_fraction,
+    finished_text,
     new_request_id,
     progress_text,
     server_error,
@@ -452,3 +453,26 @@ def poll_jobs_until(jobs, router):
         if router.poll(10):
             return True
     return False
+
+
+def test_a_result_with_warnings_is_reported_with_them(router):
+    host = RecordingHost()
+    jobs = Jobs(host, lambda: Client(endpoint(router), context=router.context))
+    jobs.connect()
+    route, _ = receive(router)
+    router.send_multipart([route, encode(welcome())])
+    deadline = time.monotonic() + 5
+    while not jobs.client.connected and time.monotonic() < deadline:
+        jobs.poll()
+    done = job("w")
+    jobs.submit(done)
+    receive(router)
+    warning = "the prompt is longer than the 75 tokens the text encoder reads; these words were dropped: at dusk"
+    router.send_multipart([route, encode(Result(id="w", image=PNG, mask=PNG, box=(0, 0, 1, 1), size=(1, 1),
+                                                working_size=(1, 1), warnings=[warning]))])
+    deadline = time.monotonic() + 5
+    while ("result", "w") not in host.calls and time.monotonic() < deadline:
+        jobs.poll()
+    assert finished_text(done, None) == f'Added layer "layer". Note: {warning}.'
+    assert finished_text(job("x"), None) == 'Added layer "layer".'
+    assert finished_text(done, PluginError("nothing_changed")) == str(PluginError("nothing_changed"))

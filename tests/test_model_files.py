@@ -149,3 +149,33 @@ def test_a_prompt_over_77_tokens_warns_which_words_were_dropped(tiny_engine, tmp
     assert main(["edit", "in.png", "--mode", "move", "--mask", "mask.png", "--arrow", "45,55,60,55", "--out",
                  "out.png", "--model", "tiny", "--steps", "2", "--prompt", prompt]) == 0
     assert "dragon edit: warning: the prompt is longer than the 75 tokens" in capsys.readouterr().err
+
+
+def test_a_hub_model_without_fp16_files_for_some_parts_downloads_their_plain_weights(tmp_path, monkeypatch):
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    files = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+             "vae/diffusion_pytorch_model.safetensors",
+             "text_encoder/config.json", "text_encoder/pytorch_model.bin"]
+    for name in files:
+        (hub / name).parent.mkdir(parents=True, exist_ok=True)
+        (hub / name).write_text(name)
+    cache = tmp_path / "cache"
+
+    def snapshot_download(repo, allow_patterns):  # the hub's: fetch the files that match into the cache
+        for name in files:
+            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (cache / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(hub / name, cache / name)
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    folder = M._download("owner/model", "fp16")
+    fetched = sorted(str(p.relative_to(folder)) for p in cache.rglob("*") if p.is_file())
+    assert fetched == sorted(set(files) - {"vae/diffusion_pytorch_model.safetensors"})

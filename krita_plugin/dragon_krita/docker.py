@@ -12,7 +12,7 @@ from dragon_protocol import limits
 from .document import active_document, controller, edit_layer, guide_layer, paint_layers
 from .edit import MODE_LABELS, EditSettings
 from .errors import PluginError
-from .jobs import Job, progress_text
+from .jobs import Job, finished_text, progress_text
 from .layers import reference_choice
 from .qt import (
     KEEP_ASPECT,
@@ -332,4 +332,4 @@ class DragonDocker(DockWidget):
         if error is not None:
             self.show_message(str(error), True, error.code)
         else:
-            self.show_message(f'Added layer "{job.prepared.layer_name}".')
+            self.show_message(finished_text(job, None))

@@ -32,6 +32,15 @@ SERVER_ERRORS = {
 """Server error codes and the painter's wording for them; any other code is `server_error`."""
 
 
+def finished_text(job: Job, error: Optional[PluginError]) -> str:
+    """The docker's line when a job ends: the error, or the new layer's name and the server's warnings
+    (such as the words cut from a long prompt)."""
+    if error is not None:
+        return str(error)
+    notes = "".join(f" Note: {warning}." for warning in job.extra.get("warnings", []))
+    return f'Added layer "{job.prepared.layer_name}".{notes}'
+
+
 def server_error(error: Error) -> PluginError:
     """The painter's message for a server `error` reply."""
     return PluginError(SERVER_ERRORS.get(error.code, "server_error"), detail=error.message)
@@ -271,6 +280,7 @@ class Jobs:
         elif isinstance(event, Result):
             del self.jobs[job.id]
             job.state = "done"
+            job.extra["warnings"] = list(event.warnings)
             try:
                 self.host.job_result(job, event)
             except PluginError as exc:

@@ -3,6 +3,7 @@ in-process with random weights (`tiny`, `sd15-random`) so that every code path r
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MODEL_ALIASES = {"sd15": DEFAULT_MODEL}
 RANDOM_MODELS = ("tiny", "sd15-random")
+WEIGHTED_PARTS = ("unet", "vae", "text_encoder")
+"""The parts of a diffusers folder that hold weights."""
 
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -198,15 +201,14 @@ def _checkpoint_keys(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
+        if "Unsupported global" in str(exc):
             raise ModelError(f"{path} holds Python objects besides its weights, which are not run for safety: "
                              "convert it to .safetensors with a trusted tool, or use a .safetensors "
                              "version of the model") from None
-        raise ModelError(f"{path} is damaged or not a checkpoint ({exc.__class__.__name__}): download it again") \
-            from None
+        raise ModelError(f"{path} is not a readable checkpoint (it may be damaged): download it again") from None
     except Exception as exc:  # torch raises many types for foreign or cut-off files
-        raise ModelError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}): download it again") \
-            from None
+        raise ModelError(f"{path} is not a readable checkpoint ({type(exc).__name__}; it may be damaged): "
+                         "download it again") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else {}
     return {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
@@ -232,7 +234,14 @@ def _download(repo: str, variant: Optional[str]) -> str:
         f"unet/*{suffix}", f"vae/*{suffix}", f"text_encoder/*{suffix}",
     ]
     try:
-        return snapshot_download(repo, allow_patterns=patterns)
+        folder = snapshot_download(repo, allow_patterns=patterns)
+        # A part without the variant's files (or without safetensors at all) gets its plain weights.
+        for extension in ("safetensors", "bin"):
+            missing = [part for part in WEIGHTED_PARTS if not glob.glob(os.path.join(folder, part, "*.safetensors"))
+                       and not glob.glob(os.path.join(folder, part, "*.bin"))]
+            if missing:
+                folder = snapshot_download(repo, allow_patterns=[f"{part}/*.{extension}" for part in missing])
+        return folder
     except LocalEntryNotFoundError:
         raise ModelError(
             f"cannot download {repo}: this machine is offline and it is not in the cache; "
@@ -270,7 +279,8 @@ def _weights_variant(folder: str, part: str, wanted: Optional[str]) -> Optional[
 
 def _from_folder(folder: str, dtype: torch.dtype, variant: Optional[str]) -> tuple:
     if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
-        raise ModelError(f"{folder} is not a diffusers model folder (no unet/config.json)")
+        raise ModelError(f"{folder} is not a diffusers model folder (no unet/config.json): give the folder that "
+                         "holds model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/")
     check_sd1(dict(UNet2DConditionModel.load_config(folder, subfolder="unet")), folder)
     loaders = [
         (UNet2DConditionModel, "unet", True), (AutoencoderKL, "vae", True), (CLIPTextModel, "text_encoder", True),
