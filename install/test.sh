@@ -17,6 +17,6 @@ fi
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[test]"
+.venv/bin/pip install -q -e ".[test,cluster]"
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
