@@ -1,24 +1,45 @@
 """`dragon serve --replicas 2` over real sockets: two tiny engines as Ray actors (issue 14).
 
-One server (and so one private Ray, on loopback only) for the whole module. Needs the cluster extra
-(`pip install ".[cluster]"`, which install/test.sh installs); skipped only when Ray is not installed.
+One server (and so one private Ray, on loopback only) for the whole module. Its tests need the cluster
+extra (`pip install ".[cluster]"`, which install/test.sh installs) and are skipped only when Ray is not
+installed; the routing, option and protocol tests at the end need no Ray.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Dict, List
 
+import msgpack
 import pytest
 from PIL import ImageDraw
 
 import serverkit as kit
-from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Hello, Ping, Pong, Progress, Result, Welcome
-from dragon_server.serve.cluster import choose_replica, ray_installed, routing_key
-
-pytestmark = pytest.mark.skipif(not ray_installed(), reason='needs the cluster extra: pip install ".[cluster]"')
+from dragon_protocol import (
+    Accepted,
+    Cancel,
+    Cancelled,
+    Edit,
+    Error,
+    Hello,
+    Ping,
+    Pong,
+    Progress,
+    ProtocolError,
+    Result,
+    Welcome,
+    decode,
+    encode,
+)
+from dragon_server.cli import main
+from dragon_server.serve import cluster
+from dragon_server.serve.cluster import ClusterConfig, Replicas, choose_replica, ray_installed, routing_key
+from dragon_server.serve.faults import Faults
+from dragon_server.serve.jobs import Job, QueueFull
 
 START_TIMEOUT = 420.0
 """Ray and two replicas that each import torch: about a minute on a loaded 2-core machine."""
@@ -30,6 +51,8 @@ LONG_STEPS = 400
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    if not ray_installed():
+        pytest.skip('needs the cluster extra: pip install ".[cluster]"')
     process, endpoint = kit.start_server(
         str(tmp_path_factory.mktemp("cluster")), ["--replicas", "2", "--queue", "2"],
         env={"DRAGON_TEST_FAULTS": f"crash@{CRASH_ID}"}, timeout=START_TIMEOUT,
@@ -234,3 +257,96 @@ def test_a_replica_killed_mid_edit_ends_it_once_restarts_and_both_serve_again(cl
         client.send(e)
     results = [client.expect(TERMINAL, 120, e.id) for e in edits]
     assert all(isinstance(r, Result) for r in results), results
+
+
+# -- without Ray ------------------------------------------------------------------------------------
+
+
+def test_the_routing_key_follows_the_picture_and_the_settings_of_its_inversion():
+    edit = picture_edit(11, steps=6)
+    key = routing_key(edit)
+    assert routing_key(picture_edit(11, steps=6, seed=5, arrows=[(40.0, 50.0, 20.0, 20.0)])) == key
+    assert routing_key(picture_edit(12, steps=6)) != key
+    assert routing_key(picture_edit(11, steps=8)) != key
+    assert routing_key(picture_edit(11, steps=6, prompt="a cat")) != key
+    assert all(choose_replica(key, n) == choose_replica(routing_key(edit), n) < n for n in (1, 2, 3, 8))
+
+
+def make_replicas(spill: bool) -> Replicas:
+    replicas = Replicas(ClusterConfig(replicas=2, spill=spill), "tiny", "cpu", 1, None, Faults(), lambda event: None)
+    for lane in replicas.lanes:
+        lane.state = "ready"
+    return replicas
+
+
+def job(edit: Edit) -> Job:
+    return Job(edit=edit, owner="", route=b"r", peer="test")
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_an_edit_waits_for_its_pictures_replica_unless_spilling_is_on(spill):
+    replicas = make_replicas(spill)
+    same = [job(picture_edit(13, steps=6, seed=n)) for n in range(3)]
+    home = replicas.lanes[choose_replica(routing_key(same[0].edit), 2)]
+    assert replicas.put(same[0]) == 0
+    assert home.jobs.take() is same[0]  # it runs on its replica
+    if spill:
+        assert replicas.put(same[1]) == 0 and replicas.lanes[1 - home.index].jobs.take() is same[1]
+        assert replicas.put(same[2]) == 1  # both busy: back to its own replica's queue
+        assert replicas.position(same[2]) == 1 and home.jobs.counts() == (1, 1)
+    else:
+        assert replicas.put(same[1]) == 1 and replicas.position(same[1]) == 1
+        with pytest.raises(QueueFull):  # one place per replica here, although the other is idle
+            replicas.put(same[2])
+    assert replicas.counts() == (1, 2 if spill else 1)
+    assert len(replicas.running_jobs()) == (2 if spill else 1)
+    waiting = same[2] if spill else same[1]
+    assert replicas.remove(waiting) and not replicas.remove(waiting)
+    assert replicas.close() == []
+
+
+def serve(*args: str) -> int:
+    return main(["serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{kit.free_port()}", *args])
+
+
+def test_replicas_without_ray_installed_is_one_line_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setattr(cluster, "ray_installed", lambda: False)
+    assert serve("--replicas", "2") == 2
+    err = capsys.readouterr().err
+    assert '.[cluster]' in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["--replicas", "0"], ["--spill"]])
+def test_bad_replica_options_are_one_line_and_exit_2(args, capsys):
+    assert serve(*args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_crash_fault_needs_replicas(monkeypatch, capsys):
+    monkeypatch.setenv("DRAGON_TEST_FAULTS", "crash@x")
+    assert serve() == 2
+    err = capsys.readouterr().err
+    assert "crash@ID needs --replicas" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_single_engine_server_never_imports_ray():
+    code = ("import sys, dragon_server.cli as c, dragon_server.serve.server; c.build_parser(); "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_welcome_carries_replicas_and_refuses_malformed_ones():
+    welcome = Welcome(
+        protocol=1, server="dragon", state="ready", model="tiny", device="cpu", dtype="float32", modes=["move"],
+        image_formats=["png"], limits={}, queued=0, running=1, queue_capacity=4,
+        replicas=[{"index": 0, "state": "ready", "device": "cpu", "restarts": 1, "hits": 2}],
+    )
+    assert decode(encode(welcome)) == welcome
+    body = welcome.to_wire()
+    del body["replicas"]
+    assert decode(msgpack.packb(body, use_bin_type=True)).replicas == []  # an older server: no replicas
+    body["replicas"] = [{"index": [1]}]
+    with pytest.raises(ProtocolError) as caught:
+        decode(msgpack.packb(body, use_bin_type=True))
+    assert caught.value.code == "bad_field" and "replicas" in str(caught.value)

@@ -281,7 +281,7 @@ class Replicas:
 
     def describe(self) -> Dict[str, Any]:
         """model, device, dtype and cache (summed) of the replicas, and `replicas`: one summary each."""
-        infos = [lane.info for lane in self.lanes if lane.info]
+        infos = [lane.info for lane in self.lanes if "model" in lane.info]
         cache: Dict[str, int] = {}
         for info in infos:
             for name, value in info.get("cache", {}).items():
@@ -309,7 +309,10 @@ class Replicas:
                 num_cpus=0, num_gpus=1 if gpus else 0, max_concurrency=4, max_restarts=-1, max_task_retries=0
             )(ReplicaActor)
             log.info("starting %d engine replicas on Ray (%s)", len(self.lanes),
-                     f"one GPU each, {gpus:g} in the cluster" if gpus else "no GPUs in the cluster")
+                     f"one GPU each, {gpus:g} in the cluster" if gpus else "without GPUs")
+            if gpus and gpus < len(self.lanes):
+                log.warning("WARNING: %d replicas but %g GPUs: the others wait until a GPU is free",
+                            len(self.lanes), gpus)
             for lane in self.lanes:
                 lane.actor = remote.remote(self.model, self.device, self.cache_bytes, self.faults)
             lanes = [threading.Thread(target=self._serve, args=(lane, ray), name=f"dragon-replica-{lane.index}")
