@@ -59,7 +59,12 @@ def server(tmp_path_factory):
     )
     family = descendants(process.process.pid)
     yield endpoint
-    assert process.stop(signal.SIGTERM, timeout=120) == 0, process.console()
+    with kit.Client(endpoint) as client:  # stopping mid-edit cancels it on its replica and tells the client
+        edit = picture_edit(2, steps=LONG_STEPS)
+        client.send(edit)
+        client.expect((Progress,), 60, edit.id)
+        assert process.stop(signal.SIGTERM, timeout=120) == 0, process.console()
+        assert client.expect(TERMINAL, 10, edit.id) == Cancelled(id=edit.id, reason="shutdown")
     assert "Ray stopped" in process.console() and "stopped" in process.console()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(alive(pid) for pid in family):
@@ -144,6 +149,18 @@ def run(client: kit.Client, edit: Edit, timeout: float = 120.0) -> List[object]:
             if isinstance(message, TERMINAL):
                 return seen
     raise AssertionError(f"no terminal message for {edit.id} within {timeout} s; saw {seen[-3:]}")
+
+
+def terminals(client: kit.Client, ids: set, timeout: float) -> Dict[str, object]:
+    """The terminal message of each of `ids`, in whatever order they end."""
+    ended: Dict[str, object] = {}
+    deadline = time.monotonic() + timeout
+    while set(ended) != ids and time.monotonic() < deadline:
+        message = client.receive(deadline - time.monotonic())
+        if isinstance(message, TERMINAL) and message.id in ids:
+            ended[message.id] = message
+    assert set(ended) == ids, f"no terminal message within {timeout} s for {ids - set(ended)}"
+    return ended
 
 
 def test_welcome_shows_both_replicas_and_their_queues(client):
@@ -255,8 +272,8 @@ def test_a_replica_killed_mid_edit_ends_it_once_restarts_and_both_serve_again(cl
     edits = edits_for_each_replica(steps=6)
     for e in edits:
         client.send(e)
-    results = [client.expect(TERMINAL, 120, e.id) for e in edits]
-    assert all(isinstance(r, Result) for r in results), results
+    ended = terminals(client, {e.id for e in edits}, 120)
+    assert all(isinstance(r, Result) for r in ended.values()), ended
 
 
 # -- without Ray ------------------------------------------------------------------------------------
