@@ -120,6 +120,7 @@ class Client:
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IPV6, endpoint.startswith("tcp://["))
         if server_key is not None:
             self.socket.curve_serverkey = server_key
             self.socket.curve_publickey, self.socket.curve_secretkey = client_pair

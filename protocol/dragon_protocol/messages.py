@@ -361,6 +361,7 @@ class Result(Message):
     working_size: Tuple[int, int]
     timings: Dict[str, float] = field(default_factory=dict)
     unet_evaluations: Dict[str, int] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
     @classmethod
     def _read(cls, r: _Reader) -> Result:
@@ -373,6 +374,7 @@ class Result(Message):
             working_size=r.ints("working_size", 2),
             timings=r.mapping("timings", (int, float)),
             unet_evaluations=r.mapping("unet_evaluations", (int,)),
+            warnings=r.texts("warnings") if r.obj.get("warnings") is not None else [],
         )
 
 

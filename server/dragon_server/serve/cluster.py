@@ -31,6 +31,7 @@ from dragon_protocol.errors import ENGINE_LOST
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobQueue
 from dragon_server.serve.worker import Worker, WorkerEvent, _one_line
+from dragon_server.threads import use_threads
 
 log = logging.getLogger("dragon.cluster")
 
@@ -65,6 +66,8 @@ class ClusterConfig:
     """A running Ray cluster to join (host:port of its head); None: a private Ray on this machine."""
     spill: bool = False
     """Run an edit on an idle replica when the one its picture is routed to is busy (strict: False)."""
+    threads: int = 1
+    """CPU threads for each replica's math (threads.py)."""
 
 
 def routing_key(edit: Edit) -> bytes:
@@ -98,9 +101,10 @@ class ReplicaActor:
     threads, so `cancel` and `describe` answer while `edit` streams.
     """
 
-    def __init__(self, model: str, device: str, cache_bytes: Optional[int], faults: Faults):
+    def __init__(self, model: str, device: str, cache_bytes: Optional[int], faults: Faults, threads: int):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                             stream=sys.stderr)
+        use_threads(threads)
         self.jobs = JobQueue(1)
         self.streams: Dict[int, queue.Queue] = {}
         self.loaded: queue.Queue = queue.Queue()
@@ -314,7 +318,8 @@ class Replicas:
                 log.warning("WARNING: %d replicas but %g GPUs: the others wait until a GPU is free",
                             len(self.lanes), gpus)
             for lane in self.lanes:
-                lane.actor = remote.remote(self.model, self.device, self.cache_bytes, self.faults)
+                lane.actor = remote.remote(self.model, self.device, self.cache_bytes, self.faults,
+                                           self.cluster.threads)
             lanes = [threading.Thread(target=self._serve, args=(lane, ray), name=f"dragon-replica-{lane.index}")
                      for lane in self.lanes]
             for thread in lanes:

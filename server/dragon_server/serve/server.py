@@ -44,6 +44,7 @@ from dragon_protocol.errors import (
 from dragon_server import __version__
 from dragon_server.serve import keys
 from dragon_server.serve.cluster import ClusterConfig, Replicas
+from dragon_server.serve.endpoints import is_ipv6
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
 from dragon_server.serve.store import ResultStore
@@ -140,6 +141,7 @@ class Server:
         front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         front.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 5)
         front.setsockopt(zmq.LINGER, 1000)
+        front.setsockopt(zmq.IPV6, any(is_ipv6(endpoint) for endpoint in self.config.binds))
         for endpoint in self.config.binds:
             try:
                 front.bind(endpoint)

@@ -206,6 +206,7 @@ def result_message(request_id: str, result: EditResult, waited: float) -> Result
         working_size=tuple(int(v) for v in result.working_size),
         timings=timings,
         unet_evaluations={name: int(n) for name, n in result.unet_evaluations.items()},
+        warnings=list(result.warnings),
     )
 
 
