@@ -78,7 +78,7 @@ EXAMPLES = [
     Progress(id="x", stage="sampling", step=4, total=50, preview=png(), preview_box=(10, 20, 300, 200)),
     Progress(id="x", stage="inversion", step=1, total=50),
     Result(id="x", image=png(), mask=png("L"), box=(1, 2, 32, 24), size=(640, 480), working_size=(512, 384),
-           timings={"total": 1.5}, unet_evaluations={"forward": 100}),
+           timings={"total": 1.5}, unet_evaluations={"forward": 100}, warnings=["the prompt is longer..."]),
     Result(id="x", image=None, mask=None, box=(0, 0, 0, 0), size=(64, 64), working_size=(64, 64)),
     Error(id=None, code="bad_message", message="the message is not valid msgpack"),
     Error(id="x", code="queue_full", message="the queue is full"),

@@ -182,43 +182,9 @@ def print_table(size: int, result: Dict[str, object]) -> None:
             out.write(f"{kind} edit / reference, {guidance} guidance: {parts}\n")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """`dragon bench` (cost), with the subcommands `quality` and `dragbench` (what edits achieve)."""
-    from dragon_server import dragbench, quality
-
-    p = sub.add_parser("bench", help="measure the cost of edits (or, with a subcommand, their quality)",
-                       description=__doc__)
-    add_arguments(p)
-    p.set_defaults(run=run)
-    kinds = p.add_subparsers(dest="bench", metavar="{quality,dragbench}", parser_class=type(p))
-    q = kinds.add_parser("quality", help="edits with known answers on synthetic scenes: table and contact sheet",
-                         description=quality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    quality.add_arguments(q)
-    q.set_defaults(run=quality.run)
-    d = kinds.add_parser("dragbench", help="run a DragBench folder through drag mode: mean distance and 1 - LPIPS",
-                         description=dragbench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    dragbench.add_arguments(d)
-    d.set_defaults(run=dragbench.run)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="sd15-random", help="tiny, sd15-random (default) or a real model")
-    p.add_argument("--sizes", default="512,768", help="comma-separated square sizes in pixels")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
-    p.add_argument("--guidance", choices=["both", *GUIDANCES], default="both",
-                   help="how our edits compute guidance (default: both, each against the reference, which always "
-                        "uses the release's)")
-    p.add_argument("--reference-once", action="store_true",
-                   help="run the reference schedule once: it has no reuse, so its repeat costs the same")
-    p.add_argument("--protocol", type=int, metavar="SIZE",
-                   help="instead, measure what a server on loopback adds to a tiny-model edit of a SIZE^2 image")
-    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-
-
 def run(args: argparse.Namespace) -> int:
+    """Measure what `args` asks for; `args` as checked by `dragon_server.commands.bench.check`, with the
+    thread count set."""
     from dragon_server.engine.request import EditError
 
     if args.protocol:
@@ -234,11 +200,6 @@ def run(args: argparse.Namespace) -> int:
                 json.dump({"protocol": figures}, f, indent=1)
         return 0
     try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        sys.stderr.write(f"dragon bench: error: --sizes {args.sizes} must be numbers like 512,768\n")
-        return 2
-    try:
         components = load_components(args.model, args.device, args.dtype)
     except EditError as exc:
         sys.stderr.write(f"dragon bench: error: {exc}\n")
@@ -251,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(f"dragon bench: {args.model} on {components.device} "
                      f"({report['machine'].get('gpu', platform.processor() or 'CPU')}), {report['dtype']}, "
                      f"{args.steps} steps, {' and '.join(guidances)} guidance against the reference\n")
-    for size in sizes:
+    for size in args.sizes:
         result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once, guidances)
         report["sizes"][str(size)] = result
         print_table(size, result)
@@ -263,9 +224,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from dragon_server.commands import bench as command
+
     p = argparse.ArgumentParser(prog="python -m dragon_server.bench", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    command.add_arguments(p)
+    return command.run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

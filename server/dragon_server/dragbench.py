@@ -40,7 +40,6 @@ from PIL import Image
 
 from dragon_server.engine import EditRequest, Engine, Mode
 from dragon_server.engine.models import Components, load_components
-from dragon_server.engine.request import GUIDANCES
 from dragon_server.engine.runner import Runner
 
 Point = Tuple[float, float]
@@ -230,23 +229,6 @@ def totals(rows: Sequence[Dict[str, object]]) -> Dict[str, Optional[float]]:
     lp = [r["lpips"] for r in rows if r["lpips"] is not None]
     return {"samples": len(rows), "points": len(distances), "md": float(np.mean(distances)),
             "if": 1 - float(np.mean(lp)) if lp else None, "seconds": float(np.mean([r["seconds"] for r in rows]))}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="the DragBench folder")
-    p.add_argument("--model", default="sd15", help="the model that edits (default sd15)")
-    p.add_argument("--md-model", metavar="MODEL", help="the model whose UNet features find the handles for MD "
-                                                       "(default: the editing model)")
-    p.add_argument("--lpips", metavar="FILE",
-                   help="LPIPS network saved by torch.export.save (.pt2) for IF; without it IF is skipped")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", choices=GUIDANCES, default="release")
-    p.add_argument("--ensemble", type=int, default=8, help="noises averaged for the MD features (default 8)")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--out", metavar="DIR", help="also save each result as DIR/<sample>/dragged_image.png")
-    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -330,19 +330,6 @@ def contact_sheet(selected: Sequence[Case], rows: Sequence[Row], tile: int = 128
     return sheet
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", help="the model to edit with (default toy)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per edit (default 50)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
-    p.add_argument("--conditions", default=",".join(CONDITIONS),
-                   help=f"comma-separated subset of {','.join(CONDITIONS)} (default all)")
-    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-    p.add_argument("--sheet", metavar="PNG", default="quality-sheet.png",
-                   help="contact sheet path (default quality-sheet.png)")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the selected cases, print the table, write the sheet (and the JSON)."""
     from dragon_server.engine.request import EditError

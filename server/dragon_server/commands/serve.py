@@ -7,9 +7,11 @@ import logging
 import sys
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
+from dragon_server.numbers import plain
 from dragon_server.serve import keys
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
 from dragon_server.serve.link import DEFAULT_SERVER
+from dragon_server.threads import ThreadsError, add_threads_argument, use_threads
 
 log = logging.getLogger("dragon.server")
 
@@ -45,6 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
                         "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="run N engine replicas on Ray, each with its own model and reuse cache (one GPU each "
+                   "on GPUs); edits of the same picture go to the same replica. Needs the cluster extra: "
+                   'pip install ".[cluster]" (default with --ray: 1)')
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the replicas on the Ray cluster whose head is at ADDRESS (host:port, as `ray start "
+                   "--head` printed) instead of a private Ray on this machine; needs the cluster extra")
+    p.add_argument("--spill", action="store_true",
+                   help="with replicas: run an edit on an idle replica when the one holding its picture is busy "
+                   "(it then inverts the picture again); default: always the picture's replica")
+    add_threads_argument(p)
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 
@@ -59,15 +72,27 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         binds = _endpoints(args)
-    except (EndpointError, keys.KeyFileError) as error:
+        threads = use_threads(args.threads)
+        cluster = _cluster(args, threads)
+    except (EndpointError, keys.KeyFileError, ThreadsError) as error:
         return _fail(str(error), 2)
-    from dragon_server.serve.faults import Faults, FaultSpecError  # imports torch: only when serving
+    from dragon_server.engine.models import pick_device  # imports torch: only when serving
+    from dragon_server.engine.request import ModelError
+    from dragon_server.serve.faults import Faults, FaultSpecError
     from dragon_server.serve.server import BindError, Server, ServerConfig
+
+    try:
+        pick_device(args.device)
+    except ModelError as error:
+        return _fail(str(error), 2)
 
     try:
         faults = Faults.from_environment()
     except FaultSpecError as error:
         return _fail(str(error), 2)
+    if faults.crash_ids and cluster is None:
+        return _fail("DRAGON_TEST_FAULTS: crash@ID needs --replicas or --ray", 2)
+    log.info("using %d CPU thread%s for the model's math (--threads)", threads, "" if threads == 1 else "s")
     if faults:
         log.warning("WARNING: test-only fault injection is on (DRAGON_TEST_FAULTS): %s", faults)
 
@@ -83,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 2**20,
         cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
         faults=faults,
+        cluster=cluster,
     )
     server = Server(config)
     try:
@@ -100,10 +126,13 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    if min(args.queue, args.keep_results_mb, args.max_message_mb) < 1 or args.keep_results < 0:
-        raise EndpointError(
-            "--queue, --keep-results-mb and --max-message-mb must be at least 1, --keep-results at least 0"
-        )
+    for name in ("queue", "keep_results_mb", "max_message_mb"):
+        if getattr(args, name) < 1:
+            raise EndpointError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("keep_results", "cache_mb"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise EndpointError(f"--{name.replace('_', '-')} must be a number of at least 0, got {plain(value)}")
     if args.keys is not None:
         keys.load_secret(args.keys)
         if keys.count_client_keys(args.allowed_clients) == 0:
@@ -123,6 +152,21 @@ def _endpoints(args: argparse.Namespace) -> list:
             "reach it can use this server and see the images", endpoint,
         )
     return binds
+
+
+def _cluster(args: argparse.Namespace, threads: int):
+    """The replicas asked for (a ClusterConfig), or None for one engine in this process."""
+    if args.replicas is None and args.ray is None:
+        if args.spill:
+            raise EndpointError("--spill goes with --replicas or --ray")
+        return None
+    from dragon_server.serve.cluster import INSTALL_HINT, ClusterConfig, ray_installed
+
+    if not ray_installed():
+        raise EndpointError(f"--replicas and --ray need Ray. {INSTALL_HINT}")
+    if args.replicas is not None and args.replicas < 1:
+        raise EndpointError("--replicas must be at least 1")
+    return ClusterConfig(replicas=args.replicas or 1, address=args.ray, spill=args.spill, threads=threads)
 
 
 def _fail(message: str, code: int) -> int:

@@ -20,13 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the server's welcome; exit 1 with one line when it cannot be reached."""
+    """Print the server's welcome; exit 1 with one line when it cannot be reached, 2 for a malformed
+    address."""
     try:
         with ServerLink(args.server, args.server_key, args.client_key) as link:
             welcome = link.hello(args.timeout)
     except LinkError as error:
         sys.stderr.write(f"dragon status: error: {error}\n")
-        return 1
+        return 2 if error.code == "bad_address" else 1
     limits = welcome.limits
     print(f"server:   {welcome.server} at {args.server} (protocol {welcome.protocol})")
     print(f"state:    {welcome.state}")
@@ -37,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         c = welcome.cache
         print(f"reuse:    {c['entries']} pictures kept, {c['bytes'] / 2**20:.0f} of {c['max_bytes'] / 2**20:.0f} MiB, "
               f"{c['hits']} hits, {c['misses']} misses")
+    for replica in welcome.replicas:
+        print(f"replica {replica.get('index')}: {replica.get('state')} on {replica.get('device') or '?'}, "
+              f"{replica.get('running')} running, {replica.get('queued')} waiting, {replica.get('restarts')} "
+              f"restarts, {replica.get('entries')} pictures kept, {replica.get('hits')} hits")
     print(
         f"limits:   {limits.get('max_image_pixels')} pixels per image, {limits.get('max_arrows')} arrows, "
         f"{limits.get('max_message_bytes')} bytes per message"

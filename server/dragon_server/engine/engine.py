@@ -150,7 +150,8 @@ class Engine:
         clock.lap("blend")
         x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
         return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
-                          plan.frame.size, edited, plan.frame.box)
+                          plan.frame.size, runner.prompt_warnings(request.prompt), raw=edited,
+                          raw_box=plan.frame.box)
 
     def _source(self, crop: Image.Image, request: EditRequest, text: torch.Tensor, timeline: Timeline,
                 schedule: Schedule, stage: str, report) -> SourceState:

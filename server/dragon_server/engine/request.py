@@ -49,6 +49,12 @@ class ModelError(EditError):
     code = "model_unavailable"
 
 
+class NumericError(EditError):
+    """The model's numbers became infinite or NaN and no retry helped; nothing is returned."""
+
+    code = "not_finite"
+
+
 class EditCancelled(EditError):
     """The caller's cancel callback asked the edit to stop."""
 
@@ -62,7 +68,9 @@ class EditCancelled(EditError):
 class EditRequest:
     """One edit of one image.
 
-    Masks are greyscale images of the image's size (0 = outside, 255 = inside, soft edges allowed).
+    Masks are images of the image's size, white where inside; a pixel is inside when its strength
+    (alpha if the mask has transparent pixels, else its brightest channel) is at least 128 of 255.
+    Images and masks with an EXIF Orientation are turned upright first; coordinates are upright pixels.
     For `move` and `appearance` the mask marks the object; for `drag` it marks the region allowed to
     change (optional: a region around the arrows is used when absent). `paste` and `appearance` need a
     reference image and its object mask; paste arrows start in the reference's pixels and end in the
@@ -124,6 +132,8 @@ class EditResult:
     timings: Dict[str, float]
     unet_evaluations: Dict[str, int]
     working_size: Tuple[int, int]
+    warnings: List[str] = field(default_factory=list)
+    """What the edit did differently from what was asked, one line each (a prompt cut to 77 tokens)."""
     raw: Optional[Image.Image] = None
     """The model's own output for the region of interest (RGB, `working_size`), before the paste-back."""
     raw_box: Optional[Tuple[int, int, int, int]] = None

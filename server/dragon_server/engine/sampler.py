@@ -27,10 +27,12 @@ def predict_noise(runner: Runner, z: torch.Tensor, t: torch.Tensor, text: torch.
     return eps_uncond + cfg_scale * (eps_text - eps_uncond)
 
 
-LOSS_TOP = 8
+LOSS_TOP = 6
 """Loss scaling puts the largest feature gradient at 2**LOSS_TOP before the backward pass through the
-UNet: far above fp16's smallest normal number (6e-5, so small gradients keep their precision instead of
-falling to subnormals or zero) and far below its largest (65504, room for growth through the layers)."""
+UNet: far above fp16's smallest normal number (6e-5), so gradients a million times smaller than the
+largest keep their precision instead of falling to subnormals or zero, and far below its largest
+(65504): on the SD 1.5 architecture the backward pass grew the largest gradient 4-9x inside the UNet
+and 9-14x at the latent (measured at 128 and 256 px)."""
 
 
 def latent_gradients(features: List[torch.Tensor], x: torch.Tensor,

@@ -170,4 +170,5 @@ def edit_result(request: EditRequest, message: Result) -> EditResult:
         timings=dict(message.timings),
         unet_evaluations=dict(message.unet_evaluations),
         working_size=tuple(message.working_size),
+        warnings=list(message.warnings),
     )

@@ -2,8 +2,11 @@
 
 The reliability tests use it to prove that an out-of-memory error fails one edit and the server goes on.
 It is read once, from the server's own environment at start-up: nothing a client sends can turn it on.
-The value is a comma-separated list of `oom@N`: the N-th edit the worker runs (counting from 1) raises
-an out-of-memory error at its first sampling step, as a GPU that runs out of memory mid-edit would.
+The value is a comma-separated list of:
+- `oom@N`: the N-th edit the worker runs (counting from 1; with replicas, the N-th each replica runs since
+  it started) raises an out-of-memory error at its first sampling step, as a GPU out of memory would;
+- `crash@ID` (with --replicas or --ray only): the replica running the edit whose request id is ID dies
+  at that edit's first sampling step, as one killed by the kernel would; once: a resend of ID runs.
 """
 
 from __future__ import annotations
@@ -26,21 +29,27 @@ class Faults:
     """The faults to inject; the default injects none."""
 
     oom_runs: FrozenSet[int] = frozenset()
+    crash_ids: FrozenSet[str] = frozenset()
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Faults:
         """Parse DRAGON_TEST_FAULTS (raise FaultSpecError when it is malformed)."""
         spec = environ.get(ENVIRONMENT_VARIABLE, "").strip()
-        runs = set()
+        runs, ids = set(), set()
         for item in filter(None, (part.strip() for part in spec.split(","))):
-            kind, _, number = item.partition("@")
-            if kind != "oom" or not number.isdigit() or int(number) < 1:
-                raise FaultSpecError(f"{ENVIRONMENT_VARIABLE}: cannot read {item!r} (expected oom@N, N >= 1)")
-            runs.add(int(number))
-        return cls(frozenset(runs))
+            kind, _, value = item.partition("@")
+            if kind == "oom" and value.isdigit() and int(value) >= 1:
+                runs.add(int(value))
+            elif kind == "crash" and value:
+                ids.add(value)
+            else:
+                raise FaultSpecError(
+                    f"{ENVIRONMENT_VARIABLE}: cannot read {item!r} (expected oom@N, N >= 1, or crash@REQUEST_ID)"
+                )
+        return cls(frozenset(runs), frozenset(ids))
 
     def __bool__(self) -> bool:
-        return bool(self.oom_runs)
+        return bool(self.oom_runs or self.crash_ids)
 
     def at_step(self, run: int, stage: str) -> None:
         """Called at every progress step of the `run`-th edit: raise the fault planned for it, if any."""

@@ -43,6 +43,8 @@ from dragon_protocol.errors import (
 )
 from dragon_server import __version__
 from dragon_server.serve import keys
+from dragon_server.serve.cluster import ClusterConfig, Replicas
+from dragon_server.serve.endpoints import is_ipv6
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
 from dragon_server.serve.store import ResultStore
@@ -83,6 +85,8 @@ class ServerConfig:
     """Memory kept for reuse between edits of the same picture; None: the engine's default."""
     faults: Faults = field(default_factory=Faults)
     """Test-only faults to inject (from DRAGON_TEST_FAULTS, see faults.py); none in normal use."""
+    cluster: Optional[ClusterConfig] = None
+    """Run the engines as replicas on Ray (cluster.py); None: one engine in this process."""
 
 
 @dataclass
@@ -94,11 +98,20 @@ class _EngineInfo:
 
 
 class Server:
-    """Binds, starts the worker, serves until a signal or a model failure; `run` returns the exit code."""
+    """Binds, starts the worker, serves until a signal or a model failure; `run` returns the exit code.
+
+    The loop talks to `jobs` (a JobQueue) and `worker` (a Worker thread holding the engine). With
+    replicas (config.cluster) both are one cluster.Replicas, which has the same methods and runs the
+    edits on Ray actors instead.
+    """
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.jobs = JobQueue(config.queue_size)
+        self.replicas = None
+        if config.cluster is not None:
+            self.replicas = Replicas(config.cluster, config.model, config.device, config.queue_size,
+                                     config.cache_bytes, config.faults, self._post)
+        self.jobs = self.replicas or JobQueue(config.queue_size)
         self.active: Dict[JobKey, Job] = {}
         self.undelivered: Dict[JobKey, bytes] = {}
         """Routes of terminal messages that met a full send queue, by job key; the store holds the bytes."""
@@ -128,6 +141,7 @@ class Server:
         front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         front.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 5)
         front.setsockopt(zmq.LINGER, 1000)
+        front.setsockopt(zmq.IPV6, any(is_ipv6(endpoint) for endpoint in self.config.binds))
         for endpoint in self.config.binds:
             try:
                 front.bind(endpoint)
@@ -149,8 +163,8 @@ class Server:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._wake_out = self.context.socket(zmq.PAIR)
         self._wake_out.connect(_WAKE_ENDPOINT)
-        self.worker = Worker(self.config.model, self.config.device, self.jobs, self._post,
-                             self.config.cache_bytes, self.config.faults)
+        self.worker = self.replicas or Worker(self.config.model, self.config.device, self.jobs, self._post,
+                                              self.config.cache_bytes, self.config.faults)
         self.worker.start()
         try:
             self._loop()
@@ -205,8 +219,8 @@ class Server:
     def _on_event(self, event: WorkerEvent) -> None:
         job = event.job
         if event.kind == "ready":
-            engine = self.worker.engine
-            self.info = _EngineInfo("ready", engine.model_name, str(engine.device), str(engine.dtype))
+            engine = self.worker.describe()
+            self.info = _EngineInfo("ready", engine["model"], engine["device"], engine["dtype"])
         elif event.kind == "load_failed":
             log.error("cannot load model %s: %s", self.config.model, event.detail)
             self.info.state = "failed"
@@ -279,6 +293,7 @@ class Server:
 
     def _welcome(self) -> Welcome:
         waiting, running = self.jobs.counts()
+        engine = self.worker.describe()
         return Welcome(
             protocol=limits.PROTOCOL_VERSION,
             server=f"dragon {__version__}",
@@ -292,7 +307,8 @@ class Server:
             queued=waiting,
             running=running,
             queue_capacity=self.jobs.capacity,
-            cache=self.worker.engine.cache.info() if self.worker.engine is not None else {},
+            cache=engine.get("cache", {}),
+            replicas=engine.get("replicas", []),
         )
 
     def _on_edit(self, edit: Edit, owner: str, route: bytes, peer: str) -> None:
@@ -355,9 +371,10 @@ class Server:
             else:
                 message = Cancelled(id=job.edit.id, reason="shutdown")
             self._finish(job, encode(message))
-        running = self.jobs.running
-        if running is not None:
-            running.cancel("shutdown")
+        running = self.jobs.running_jobs()
+        for job in running:
+            job.cancel("shutdown")
+        if running:
             deadline = time.monotonic() + SHUTDOWN_WAIT_S
             while self.worker.is_alive() and time.monotonic() < deadline:
                 self.worker.join(0.1)
