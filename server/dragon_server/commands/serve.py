@@ -106,10 +106,7 @@ def _endpoints(args: argparse.Namespace) -> list:
         )
     if args.keys is not None:
         keys.load_secret(args.keys)
-        if keys.count_client_keys(args.allowed_clients) == 0:
-            raise keys.KeyFileError(
-                f"{args.allowed_clients} holds no client public keys (*.key): make one with `dragon keys`"
-            )
+        keys.load_allowed_keys(args.allowed_clients)
         return binds
     public = [endpoint for endpoint in binds if not is_loopback(endpoint)]
     if public and not args.insecure:

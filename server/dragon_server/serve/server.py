@@ -12,9 +12,10 @@ import queue
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from dragon_protocol import (
     Accepted,
@@ -57,6 +58,7 @@ SEND_QUEUE_MESSAGES = 200
 """Messages queued for one client that does not read them (ZeroMQ's send high-water mark); beyond it,
 progress for that client is dropped and its terminal message is sent again later (see `_retry`)."""
 _WAKE_ENDPOINT = "inproc://dragon-worker-wake"
+_MONITOR_ENDPOINT = "inproc://dragon-front-monitor"
 
 
 class BindError(Exception):
@@ -102,6 +104,11 @@ class Server:
         self.active: Dict[JobKey, Job] = {}
         self.undelivered: Dict[JobKey, bytes] = {}
         """Routes of terminal messages that met a full send queue, by job key; the store holds the bytes."""
+        self.routes: Dict[bytes, Tuple[str, int]] = {}
+        """With CURVE: the key and connection (file descriptor) that last spoke on each routing id, while
+        that connection is open. Messages about a key's requests go to a routing id only while this says
+        the key holds it, so a connection of another key that takes the routing id over gets none."""
+        self.monitor: Optional[zmq.Socket] = None
         self.store = ResultStore(config.keep_seconds, config.keep_bytes)
         self.info = _EngineInfo(model=config.model)
         self.events: queue.Queue[WorkerEvent] = queue.Queue()
@@ -121,10 +128,16 @@ class Server:
         if self.curve:
             self.auth = keys.start_authenticator(self.context, self.config.allowed_clients)
             keys.secure_server_socket(front, self.config.secret_key)
+            front.monitor(_MONITOR_ENDPOINT, zmq.EVENT_DISCONNECTED)
+            self.monitor = self.context.socket(zmq.PAIR)
+            self.monitor.setsockopt(zmq.RCVHWM, 0)  # no closed connection may go unnoticed
+            self.monitor.connect(_MONITOR_ENDPOINT)
         front.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         front.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
         front.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        front.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Without keys a reconnecting client takes its routing id over at once; with keys a routing id in
+        # use is never handed to another connection (it may belong to another key).
+        front.setsockopt(zmq.ROUTER_HANDOVER, 0 if self.curve else 1)
         front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         front.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 5)
         front.setsockopt(zmq.LINGER, 1000)
@@ -212,7 +225,7 @@ class Server:
             self.info.state = "failed"
             self.exit_code = 1
         elif event.kind == "progress":
-            self._send(job.route, event.payload)
+            self._send(job.route, job.owner, event.payload)
         elif event.kind == "done":
             self._finish(job, event.payload)
             log.info(
@@ -224,7 +237,7 @@ class Server:
         self.active.pop(job.key, None)
         self.store.put(job.key, payload)
         self.undelivered.pop(job.key, None)
-        if not self._send(job.route, payload):
+        if not self._send(job.route, job.owner, payload):
             self.undelivered[job.key] = job.route
 
     def _retry(self) -> None:
@@ -234,11 +247,17 @@ class Server:
         """
         for key, route in list(self.undelivered.items()):
             payload = self.store.get(key)
-            if payload is None or self._send(route, payload):
+            if payload is None or self._send(route, key[0], payload):
                 del self.undelivered[key]
 
-    def _send(self, route: bytes, payload: bytes) -> bool:
-        """Send without waiting; False only when the client's send queue is full (worth trying again)."""
+    def _send(self, route: bytes, owner: str, payload: bytes) -> bool:
+        """Send to the connection on `route` if it belongs to `owner`, without waiting.
+
+        False when the client's send queue is full, or (with CURVE) when no open connection of `owner`'s
+        key holds the routing id: both are worth trying again later.
+        """
+        if self.curve and not self._holds(route, owner):
+            return False
         try:
             self.front.send_multipart([route, payload], zmq.NOBLOCK)
         except zmq.Again:  # the client is not reading: never wait for it
@@ -247,29 +266,52 @@ class Server:
             log.debug("cannot send to %s: %s", route.hex(), error)
         return True
 
-    def _reply(self, route: bytes, message: Message) -> None:
-        self._send(route, encode(message))
+    def _holds(self, route: bytes, owner: str) -> bool:
+        """With CURVE: whether the connection now on `route` is one of `owner`'s key."""
+        self._forget_closed_connections()
+        return self.routes.get(route, ("", -1))[0] == owner
+
+    def _forget_closed_connections(self) -> None:
+        """Drop the routes of connections that have closed (the monitor reports each one).
+
+        ZeroMQ reports a closed connection before another connection can take its routing id, so a
+        routing id taken over is never trusted until the new connection speaks with its own key.
+        """
+        while True:
+            try:
+                closed = int(recv_monitor_message(self.monitor, zmq.NOBLOCK)["value"])
+            except zmq.Again:
+                return
+            for route in [route for route, (_, fd) in self.routes.items() if fd == closed]:
+                del self.routes[route]
+
+    def _reply(self, route: bytes, owner: str, message: Message) -> None:
+        self._send(route, owner, encode(message))
 
     # -- client messages --------------------------------------------------------------------------
 
     def _receive(self, frames: List[zmq.Frame]) -> None:
         route = frames[0].bytes
         peer = _peer(frames[-1])
+        owner = ""
+        if self.curve:
+            owner = frames[-1].get("User-Id")
+            self._forget_closed_connections()
+            self.routes[route] = (owner, frames[-1].get(zmq.SRCFD))
         if len(frames) != 2:
-            self._reply(route, Error(id=None, code=BAD_MESSAGE, message="send each message as one frame"))
+            self._reply(route, owner, Error(id=None, code=BAD_MESSAGE, message="send each message as one frame"))
             return
-        owner = frames[1].get("User-Id") if self.curve else ""
         try:
             message = decode(frames[1].bytes, accept=CLIENT_MESSAGES)
         except ProtocolError as error:
             log.warning("bad message from %s: %s: %s", peer, error.code, error)
-            self._reply(route, Error(id=error.request_id, code=error.code, message=str(error)))
+            self._reply(route, owner, Error(id=error.request_id, code=error.code, message=str(error)))
             return
         if isinstance(message, Hello):
-            self._reply(route, self._welcome())
+            self._reply(route, owner, self._welcome())
         elif isinstance(message, Ping):
             waiting, running = self.jobs.counts()
-            self._reply(route, Pong(nonce=message.nonce, queued=waiting, running=running))
+            self._reply(route, owner, Pong(nonce=message.nonce, queued=waiting, running=running))
         elif isinstance(message, Edit):
             self._on_edit(message, owner, route, peer)
         elif isinstance(message, Cancel):
@@ -298,7 +340,7 @@ class Server:
     def _on_edit(self, edit: Edit, owner: str, route: bytes, peer: str) -> None:
         def refuse(code: str, text: str) -> None:
             log.warning("request %s from %s refused: %s", edit.id, peer, text)
-            self._reply(route, Error(id=edit.id, code=code, message=text))
+            self._reply(route, owner, Error(id=edit.id, code=code, message=text))
 
         key = (owner, edit.id)
         if key in self.active:
@@ -314,13 +356,13 @@ class Server:
             "request %s from %s: %s, %d arrows, %d steps, %d KiB; %d ahead",
             edit.id, peer, edit.mode, len(edit.arrows), edit.steps, len(edit.image) // 1024, position,
         )
-        self._reply(route, Accepted(id=edit.id, position=position))
+        self._reply(route, owner, Accepted(id=edit.id, position=position))
 
     def _on_cancel(self, cancel: Cancel, owner: str, route: bytes) -> None:
         job = self.active.get((owner, cancel.id))
         if job is None:
             text = f"no request {cancel.id} to cancel"
-            self._reply(route, Error(id=cancel.id, code=UNKNOWN_REQUEST, message=text))
+            self._reply(route, owner, Error(id=cancel.id, code=UNKNOWN_REQUEST, message=text))
             return
         job.route = route
         if self.jobs.remove(job):
@@ -335,13 +377,13 @@ class Server:
         job = self.active.get(key)
         if job is not None:
             job.route = route
-            self._reply(route, Accepted(id=fetch.id, position=self.jobs.position(job)))
+            self._reply(route, owner, Accepted(id=fetch.id, position=self.jobs.position(job)))
             return
         kept = self.store.get(key)
         if kept is None:
             text = f"no request {fetch.id} is queued, running or kept"
-            self._reply(route, Error(id=fetch.id, code=UNKNOWN_REQUEST, message=text))
-        elif self._send(route, kept) and self.undelivered.get(key) == route:
+            self._reply(route, owner, Error(id=fetch.id, code=UNKNOWN_REQUEST, message=text))
+        elif self._send(route, owner, kept) and self.undelivered.get(key) == route:
             del self.undelivered[key]  # delivered to that client now: not again by `_retry`
 
     # -- shutdown ---------------------------------------------------------------------------------
@@ -372,6 +414,8 @@ class Server:
     def close(self) -> None:
         """Close the sockets (waiting up to LINGER for replies to leave) and stop the authenticator."""
         self.wake_in.close(0)
+        if self.monitor is not None:
+            self.monitor.close(0)
         self.front.close()
         if self.auth is not None:
             self.auth.stop()
