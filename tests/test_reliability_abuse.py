@@ -17,7 +17,7 @@ import zmq.auth
 
 import serverkit as kit
 from campaign import record
-from dragon_protocol import Accepted, Cancelled, Error, Fetch, Ping, Pong, Progress, Result
+from dragon_protocol import Accepted, Cancel, Cancelled, Error, Fetch, Ping, Progress, Result
 from dragon_server.cli import main
 
 TERMINAL = (Result, Cancelled, Error)
@@ -135,3 +135,157 @@ def test_an_unreadable_allowed_client_entry_is_named_at_start(keys, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "notes.key" in err and "fix or remove it" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- a plain server for the other kinds ---------------------------------------------------------------
+
+QUEUE, MAX_WORK = 4, 20.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A keyless server with 4 waiting places (2 per client) and at most 20 megapixel-steps per edit."""
+    process, endpoint = kit.start_server(
+        str(tmp_path_factory.mktemp("abuse")), ["--queue", str(QUEUE), "--max-work", str(MAX_WORK)]
+    )
+    yield process, endpoint
+    assert process.stop() == 0, process.console()
+
+
+def terminals(client: kit.Client, request_ids, timeout: float = 60.0) -> dict:
+    """The terminal message of each of `request_ids`, by id (other messages are skipped)."""
+    ends, deadline = {}, time.monotonic() + timeout
+    while set(request_ids) - set(ends) and time.monotonic() < deadline:
+        message = client.receive(deadline - time.monotonic())
+        if isinstance(message, TERMINAL) and message.id in request_ids:
+            ends[message.id] = message
+    assert set(ends) == set(request_ids), f"terminal messages missing: {set(request_ids) - set(ends)}"
+    return ends
+
+
+def first_answer(client: kit.Client, request_id: str, timeout: float = 10.0):
+    """The first message about `request_id` (an edit's `accepted` or its refusal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = client.receive(deadline - time.monotonic())
+        if getattr(message, "id", None) == request_id:
+            return message
+    raise AssertionError(f"no answer about {request_id} within {timeout} s")
+
+
+# -- 2. every setting has a range ---------------------------------------------------------------------
+
+
+def numeric_fields():
+    import dataclasses
+
+    from dragon_server.engine.settings import MethodSettings
+
+    return [f.name for f in dataclasses.fields(MethodSettings) if f.type in ("int", "float")]
+
+
+def test_every_numeric_setting_has_a_range_held_at_both_edges():
+    from dragon_server.engine.request import InputError, Mode
+    from dragon_server.engine.settings import RANGES, MethodSettings
+
+    assert sorted(numeric_fields()) == sorted(RANGES)
+    for name, (low, high) in RANGES.items():
+        for mode in Mode:
+            assert getattr(MethodSettings.for_mode(mode), name) is not None
+            assert low <= getattr(MethodSettings.for_mode(mode), name) <= high, (name, mode)
+        for value in (low, high):
+            assert getattr(MethodSettings.for_mode(Mode.MOVE, {name: value}), name) == value
+        step = 1 if isinstance(low, int) else 1e-6 * max(1.0, high)
+        for value in (low - step, high + step):
+            with pytest.raises(InputError, match=f"setting '{name}' must be from"):
+                MethodSettings.for_mode(Mode.MOVE, {name: value})
+    record("abuse: settings with a range, checked at both edges", len(RANGES))
+
+
+HOSTILE_SETTINGS = [
+    {"time_travel_repeats": 1e9},
+    {"sde_end": 1e15},
+    {"alpha": 0, "beta": 0},
+    {"energy_scale": 1e12},
+    {"bank_start": -1},
+    {"time_travel_every": 0},
+    {"drag_patch": 1e6},
+]
+
+
+def test_out_of_range_settings_are_refused_at_once_even_behind_a_running_edit(server):
+    """Each is `bad_input` as the first answer, while another edit runs: nothing out of range waits in
+    the queue or reaches the engine."""
+    _, endpoint = server
+    with kit.Client(endpoint) as client:
+        running = kit.move_edit(steps=200)
+        client.send(running)
+        client.expect((Progress,), 60, running.id)
+        for settings in HOSTILE_SETTINGS:
+            edit = kit.move_edit(settings=settings)
+            client.send(edit)
+            answer = first_answer(client, edit.id)
+            assert isinstance(answer, Error) and answer.code == "bad_input", (settings, answer)
+            assert "must be from" in answer.message and sorted(settings)[0] in answer.message
+        client.send(Cancel(id=running.id))
+        assert isinstance(client.expect(TERMINAL, 60, running.id), Cancelled)
+    record("abuse: out-of-range settings refused at once", len(HOSTILE_SETTINGS))
+
+
+def test_cancel_stops_within_one_unet_pass_whatever_the_settings(tiny_engine):
+    """With the most work between two progress steps that the ranges allow (time travel on every step,
+    10 repeats), a cancel asked in the middle of a step stops the edit at the next UNet pass."""
+    from dragon_server.engine import EditCancelled, EditRequest, Mode
+
+    image, mask = kit.scene()
+    settings = dict(time_travel_start=0.0, time_travel_end=1.0, time_travel_every=1, time_travel_repeats=10,
+                    guidance_end=1.0, dense_guidance_end=1.0)
+    request = EditRequest(mode=Mode.MOVE, image=image, mask=mask, arrows=[(45, 55, 70, 60)], steps=4,
+                          settings=settings)
+    counts = tiny_engine.runner.counts
+    for stop_at in (8, 21):
+        with pytest.raises(EditCancelled):
+            tiny_engine.edit(request, cancel=lambda at=stop_at: sum(counts.values()) >= at)
+        assert stop_at <= sum(counts.values()) <= stop_at + 2, dict(counts)
+    record("abuse: cancels inside a time-travel step, stopped within one UNet pass", 2)
+
+
+# -- 3. fair share and bounded work -------------------------------------------------------------------
+
+
+def test_one_client_cannot_take_every_queue_place(server):
+    """A client holds at most half the waiting places (`queue_full` naming its share); another client is
+    still accepted."""
+    _, endpoint = server
+    with kit.Client(endpoint) as greedy, kit.Client(endpoint) as other:
+        edits = [kit.move_edit(steps=200) for _ in range(4)]
+        greedy.send(edits[0])
+        greedy.expect((Progress,), 60, edits[0].id)
+        answers = []
+        for edit in edits[1:]:
+            greedy.send(edit)
+            answers.append(first_answer(greedy, edit.id))
+        assert [type(a) for a in answers] == [Accepted, Accepted, Error], answers
+        assert answers[2].code == "queue_full" and "the most one client may" in answers[2].message
+        polite = kit.move_edit(steps=2)
+        other.send(polite)
+        assert isinstance(first_answer(other, polite.id), Accepted)
+        for edit in edits[:3]:
+            greedy.send(Cancel(id=edit.id))
+        ends = terminals(greedy, [edit.id for edit in edits[:3]])
+        assert all(isinstance(end, Cancelled) for end in ends.values()), ends
+        assert isinstance(other.expect(TERMINAL, 60, polite.id), Result)
+    record("abuse: edits over one client's share refused", 1)
+
+
+@pytest.mark.parametrize("steps, working_area", [(500, 2048 * 2048), (6, 2048 * 2048), (500, 256 * 256)])
+def test_one_edit_cannot_ask_for_more_work_than_the_server_allows(server, steps, working_area):
+    _, endpoint = server
+    with kit.Client(endpoint) as client:
+        edit = kit.move_edit(steps=steps, working_area=working_area)
+        client.send(edit)
+        answer = first_answer(client, edit.id)
+    assert isinstance(answer, Error) and answer.code == "bad_input", answer
+    assert f"{steps} steps" in answer.message and "at most 20 megapixel-steps" not in answer.message
+    assert f"at most {MAX_WORK:g}" in answer.message and "fewer steps or a smaller working area" in answer.message
+    record("abuse: edits over the server's work bound refused")

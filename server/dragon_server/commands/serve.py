@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow a non-loopback address without encryption or keys (trusted networks only)")
     p.add_argument("--queue", type=int, default=8, metavar="N",
                    help="how many edits may wait behind the running one (default 8)")
+    p.add_argument("--client-share", type=int, metavar="N",
+                   help="most waiting places one client may hold (its key; its connection without keys), so "
+                   "that no client can take every place (default: half the queue, rounded up)")
+    p.add_argument("--max-work", type=float, default=300.0, metavar="MPX_STEPS",
+                   help="most work one edit may ask for: steps x working area in megapixels (default 300, "
+                   "for example 50 steps on 6 megapixels or 500 on 0.6)")
     p.add_argument("--keep-results", type=float, default=3600.0, metavar="SECONDS",
                    help="how long finished results stay fetchable after a client went away (default 3600)")
     p.add_argument("--keep-results-mb", type=int, default=512, metavar="MB",
@@ -76,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         queue_size=args.queue,
+        client_share=args.client_share,
+        max_work=args.max_work,
         keep_seconds=args.keep_results,
         keep_bytes=args.keep_results_mb * 2**20,
         secret_key=args.keys,
@@ -100,9 +108,12 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    if min(args.queue, args.keep_results_mb, args.max_message_mb) < 1 or args.keep_results < 0:
+    share = args.queue if args.client_share is None else args.client_share
+    if min(args.queue, args.keep_results_mb, args.max_message_mb, share) < 1 or not args.max_work >= 1 \
+            or args.keep_results < 0:
         raise EndpointError(
-            "--queue, --keep-results-mb and --max-message-mb must be at least 1, --keep-results at least 0"
+            "--queue, --client-share, --max-work, --keep-results-mb and --max-message-mb must be at least 1, "
+            "--keep-results at least 0"
         )
     if args.keys is not None:
         keys.load_secret(args.keys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import ContextManager, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from PIL import Image
 from dragon_server.engine.attention import CrossBranchAttention
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import Components
+from dragon_server.engine.request import EditCancelled, InputError
 from dragon_server.engine.unet import Trunk, features_from, head, trunk, unet_forward
 
 
@@ -26,7 +27,14 @@ class Runner:
         self.attention = CrossBranchAttention.of(components.unet)
         self.counts: Counter = Counter()
         self.meter: Optional[Meter] = None
+        self.cancel: Optional[Callable[[], bool]] = None
+        """Asked before every UNet pass: True stops the edit there with EditCancelled, so a cancel waits
+        for one pass at most, whatever the schedule does between progress steps."""
         self._texts: Dict[str, torch.Tensor] = {}
+
+    def _checkpoint(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise EditCancelled()
 
     def stage(self, name: str) -> ContextManager:
         """Attributes what runs inside to stage `name` when a benchmark meter is attached."""
@@ -52,6 +60,7 @@ class Runner:
     @torch.no_grad()
     def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Predicted noise (no gradient)."""
+        self._checkpoint()
         self.count("forward", z.shape[0])
         return unet_forward(self.c.unet, z, t, text)
 
@@ -61,6 +70,7 @@ class Runner:
 
     def trunk(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> Trunk:
         """The start of a forward (no decoder self-attention yet), to share between passes."""
+        self._checkpoint()
         return trunk(self.c.unet, z, t, text)
 
     def features_from(self, state: Trunk) -> List[torch.Tensor]:
@@ -89,7 +99,10 @@ class Runner:
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> Image.Image:
-        """The RGB image of a latent."""
+        """The RGB image of a latent; InputError when the latent is not finite (guidance that diverged would
+        otherwise give a silent black picture)."""
+        if not bool(torch.isfinite(latent).all()):
+            raise InputError("the edit diverged (values not finite): lower the strength or the guidance settings")
         vae = self.c.vae
         x = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor).sample
         x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)

@@ -35,6 +35,7 @@ from dragon_protocol import (
     limits,
 )
 from dragon_protocol.errors import (
+    BAD_INPUT,
     BAD_MESSAGE,
     DUPLICATE_ID,
     MODEL_UNAVAILABLE,
@@ -43,6 +44,8 @@ from dragon_protocol.errors import (
     UNKNOWN_REQUEST,
 )
 from dragon_server import __version__
+from dragon_server.engine.request import InputError, Mode
+from dragon_server.engine.settings import MethodSettings
 from dragon_server.serve import keys
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
@@ -59,6 +62,8 @@ SEND_QUEUE_MESSAGES = 200
 progress for that client is dropped and its terminal message is sent again later (see `_retry`)."""
 _WAKE_ENDPOINT = "inproc://dragon-worker-wake"
 _MONITOR_ENDPOINT = "inproc://dragon-front-monitor"
+_LARGEST_DEFAULT_AREA = 768 * 768
+"""The largest default working area of a model, assumed while the model loads."""
 
 
 class BindError(Exception):
@@ -73,6 +78,10 @@ class ServerConfig:
     model: str = "sd15"
     device: str = "auto"
     queue_size: int = 8
+    client_share: Optional[int] = None
+    """Most waiting places one client (key, or connection without keys) may hold; None: half the queue."""
+    max_work: float = 300.0
+    """Most work one edit may ask for, in megapixel-steps: steps x working area in megapixels."""
     keep_seconds: float = 3600.0
     keep_bytes: int = 512 * 1024 * 1024
     secret_key: Optional[str] = None
@@ -100,7 +109,10 @@ class Server:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.jobs = JobQueue(config.queue_size)
+        share = config.client_share or -(-config.queue_size // 2)
+        self.jobs = JobQueue(config.queue_size, share)
+        self.default_area = _LARGEST_DEFAULT_AREA
+        """The model's working area for edits that give none (known once it has loaded)."""
         self.active: Dict[JobKey, Job] = {}
         self.undelivered: Dict[JobKey, bytes] = {}
         """Routes of terminal messages that met a full send queue, by job key; the store holds the bytes."""
@@ -220,6 +232,7 @@ class Server:
         if event.kind == "ready":
             engine = self.worker.engine
             self.info = _EngineInfo("ready", engine.model_name, str(engine.device), str(engine.dtype))
+            self.default_area = engine.components.default_area
         elif event.kind == "load_failed":
             log.error("cannot load model %s: %s", self.config.model, event.detail)
             self.info.state = "failed"
@@ -345,11 +358,14 @@ class Server:
         key = (owner, edit.id)
         if key in self.active:
             return refuse(DUPLICATE_ID, f"request {edit.id} is queued or running already")
-        job = Job(edit=edit, owner=owner, route=route, peer=peer)
+        problem = self._too_much(edit)
+        if problem:
+            return refuse(BAD_INPUT, problem)
+        job = Job(edit=edit, owner=owner, route=route, peer=peer, client=owner or route.hex())
         try:
             position = self.jobs.put(job)
-        except QueueFull:
-            return refuse(QUEUE_FULL, f"the queue is full ({self.jobs.capacity} waiting); try again later")
+        except QueueFull as error:
+            return refuse(QUEUE_FULL, str(error))
         self.store.discard(key)
         self.active[key] = job
         log.info(
@@ -357,6 +373,23 @@ class Server:
             edit.id, peer, edit.mode, len(edit.arrows), edit.steps, len(edit.image) // 1024, position,
         )
         self._reply(route, owner, Accepted(id=edit.id, position=position))
+
+    def _too_much(self, edit: Edit) -> str:
+        """Why `edit` is refused before it waits (settings out of range, more work than this server
+        allows), or "" when it may be queued."""
+        try:
+            MethodSettings.for_mode(Mode(edit.mode), edit.settings)
+        except InputError as error:
+            return str(error)
+        area = edit.working_area or self.default_area
+        work = edit.steps * area / 1e6
+        if work > self.config.max_work:
+            return (
+                f"this edit asks for {edit.steps} steps on a {area / 1e6:.2f}-megapixel working area "
+                f"({work:.0f} megapixel-steps); this server takes at most {self.config.max_work:g}: use fewer "
+                "steps or a smaller working area"
+            )
+        return ""
 
     def _on_cancel(self, cancel: Cancel, owner: str, route: bytes) -> None:
         job = self.active.get((owner, cancel.id))
