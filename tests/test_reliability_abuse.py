@@ -8,8 +8,11 @@ and clients that are refused. Loopback only; counts scale with DRAGON_SOAK (see 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import struct
 import time
+import zlib
 
 import pytest
 import zmq
@@ -28,9 +31,10 @@ TERMINAL = (Result, Cancelled, Error)
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    """Key pairs made by `dragon keys`: the server's and two allowed clients', the painter and the snoop."""
+    """Key pairs made by `dragon keys`: the server's, two allowed clients' (the painter and the snoop) and
+    a stranger's."""
     root = tmp_path_factory.mktemp("keys")
-    for name in ("server", "painter", "snoop"):
+    for name in ("server", "painter", "snoop", "stranger"):
         assert main(["keys", name, "--dir", str(root / name)]) == 0
     (root / "allowed").mkdir()
     for name in ("painter", "snoop"):
@@ -289,3 +293,65 @@ def test_one_edit_cannot_ask_for_more_work_than_the_server_allows(server, steps,
     assert f"{steps} steps" in answer.message and "at most 20 megapixel-steps" not in answer.message
     assert f"at most {MAX_WORK:g}" in answer.message and "fewer steps or a smaller working area" in answer.message
     record("abuse: edits over the server's work bound refused")
+
+
+# -- 7. clients that are refused ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["unknown key", "no keys"])
+def test_a_refused_client_ends_with_the_no_answer_error(curve_server, keys, who):
+    """`dragon edit --server` against a server that refuses its handshake stops after its timeout with the
+    documented "no answer" error, instead of blocking in a keep-alive send."""
+    from dragon_server.engine import EditError, EditRequest, Mode
+    from dragon_server.serve.client import run_remote_edit
+
+    endpoint, _ = curve_server
+    options = {}
+    if who == "unknown key":
+        options = dict(server_key=str(keys / "server" / "server.key"),
+                       client_key=str(keys / "stranger" / "stranger.key_secret"))
+    image, mask = kit.scene()
+    request = EditRequest(mode=Mode.MOVE, image=image, mask=mask, arrows=[(45, 55, 70, 60)], steps=4)
+    started = time.monotonic()
+    with pytest.raises(EditError) as raised:
+        run_remote_edit(request, endpoint, timeout=3.0, **options)
+    assert time.monotonic() - started < 3.0 + 2 * 2.0 + 3.0
+    assert raised.value.code == "unreachable" and "no answer from" in str(raised.value)
+    record("abuse: refused clients that ended with the no-answer error")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def broken_pngs() -> dict:
+    """PNGs whose header is valid (so they pass the size check) and whose pixel data is not."""
+    from PIL import Image
+
+    header = kit.png_header(128, 128)
+    whole = kit.png(Image.new("RGB", (128, 128), (10, 20, 30)))
+    end = png_chunk(b"IEND", b"")
+    return {
+        "header only": header,
+        "no pixel data": header + end,
+        "cut in half": whole[: len(whole) // 2],
+        "garbage pixel data": header + png_chunk(b"IDAT", b"garbage") + end,
+        "too few pixels": header + png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + end,
+    }
+
+
+INTERNALS = re.compile(r"0x[0-9a-fA-F]{4,}|object at|<[^>]*>|Traceback|\.py\b")
+
+
+@pytest.mark.parametrize("field", ["image", "mask"])
+def test_error_texts_never_show_internals(server, field):
+    """Broken pixel data in any image is `bad_image` with a one-line reason and no object address."""
+    _, endpoint = server
+    with kit.Client(endpoint) as client:
+        for name, data in broken_pngs().items():
+            edit = kit.move_edit(**{field: data})
+            client.send(edit)
+            end = client.expect((Error,), 60, edit.id)
+            assert end.code == "bad_image" and f"edit.{field}" in end.message, (name, end)
+            assert not INTERNALS.search(end.message) and "\n" not in end.message, (name, end.message)
+    record("abuse: broken PNGs answered without internals", len(broken_pngs()))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Optional
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dragon_protocol.errors import BAD_IMAGE, ProtocolError
 from dragon_protocol.png import check_png
@@ -22,8 +23,16 @@ def png_to_image(data: bytes, field: str, mode: Optional[str] = None) -> Image.I
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             image.load()
             return image if mode is None else image.convert(mode)
+    except UnidentifiedImageError:
+        raise ProtocolError(BAD_IMAGE, f"{field}: the PNG cannot be decoded (no image data in it)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ProtocolError(BAD_IMAGE, f"{field}: the PNG cannot be decoded ({error})") from None
+        raise ProtocolError(BAD_IMAGE, f"{field}: the PNG cannot be decoded ({_public(error)})") from None
+
+
+def _public(error: BaseException) -> str:
+    """The decoder's reason without what only the server should see (object reprs, addresses)."""
+    text = re.sub(r"<[^<>]*>|0x[0-9a-fA-F]+", "", str(error).splitlines()[0] if str(error) else "")
+    return " ".join(text.split())[:200] or "corrupt data"
 
 
 def image_to_png(image: Image.Image, compress_level: int = 6) -> bytes:

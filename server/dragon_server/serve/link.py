@@ -54,8 +54,14 @@ class ServerLink:
             self.close()
             raise LinkError(f"cannot connect to {server}: {error}") from None
 
-    def send(self, message: Message) -> None:
-        self.socket.send(encode(message))
+    def send(self, message: Message) -> bool:
+        """Queue `message` for the server without waiting; False when it cannot be queued now (no
+        connection: the server is not there or refused the handshake). Callers find out from the silence."""
+        try:
+            self.socket.send(encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def receive(self, timeout: float) -> Optional[Message]:
         """The next message from the server, or None after `timeout` seconds without one."""

@@ -32,6 +32,9 @@ from dragon_server.serve.jobs import Job, JobQueue
 
 log = logging.getLogger("dragon.worker")
 
+INTERNAL_ERROR_TEXT = "the server failed on this edit (a bug: its console has the details); other edits go on"
+"""What a client is told of a server bug: the details (exception, traceback) stay in the server's log."""
+
 
 @dataclass
 class WorkerEvent:
@@ -105,11 +108,11 @@ class Worker(threading.Thread):
         except RuntimeError as error:
             if "out of memory" not in str(error):
                 log.exception("request %s failed unexpectedly", edit.id)
-                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=INTERNAL_ERROR_TEXT)), INTERNAL_ERROR
             log.warning("request %s: out of memory: %s", edit.id, _one_line(error))
-        except Exception as error:  # a bug must fail this request only, never the server
+        except Exception:  # a bug must fail this request only, never the server
             log.exception("request %s failed unexpectedly", edit.id)
-            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=INTERNAL_ERROR_TEXT)), INTERNAL_ERROR
         return self._out_of_memory(edit), OUT_OF_MEMORY
 
     def _out_of_memory(self, edit: Edit) -> bytes:
