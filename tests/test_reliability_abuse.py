@@ -19,8 +19,8 @@ import zmq
 import zmq.auth
 
 import serverkit as kit
-from campaign import record
-from dragon_protocol import Accepted, Cancel, Cancelled, Error, Fetch, Ping, Progress, Result
+from campaign import peak_rss_kib, record, reset_peak_rss, rss_kib
+from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Fetch, Ping, Progress, Result
 from dragon_server.cli import main
 
 TERMINAL = (Result, Cancelled, Error)
@@ -355,3 +355,75 @@ def test_error_texts_never_show_internals(server, field):
             assert end.code == "bad_image" and f"edit.{field}" in end.message, (name, end)
             assert not INTERNALS.search(end.message) and "\n" not in end.message, (name, end.message)
     record("abuse: broken PNGs answered without internals", len(broken_pngs()))
+
+
+# -- 5. big and odd pictures --------------------------------------------------------------------------
+
+
+def flat(size, colour=(150, 140, 130)) -> bytes:
+    from PIL import Image
+
+    return kit.png(Image.new("RGB", size, colour))
+
+
+def box_mask(size, box) -> bytes:
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    return kit.png(mask)
+
+
+ODD_PICTURES = {
+    "move on 1500x16": dict(mode="move", image=flat((1500, 16)), mask=box_mask((1500, 16), (10, 2, 30, 12)),
+                            arrows=[(20.0, 8.0, 60.0, 8.0)]),
+    "drag on 16x2048": dict(mode="drag", image=flat((16, 2048)), arrows=[(8.0, 100.0, 8.0, 160.0)]),
+    "drag on 2048x16, feathered across": dict(mode="drag", image=flat((2048, 16)), arrows=[(100.0, 8.0, 900.0, 8.0)]),
+    "appearance 2048x32 from a 32x2048 reference": dict(
+        mode="appearance", image=flat((2048, 32)), mask=box_mask((2048, 32), (10, 4, 40, 28)),
+        reference=flat((32, 2048), (200, 30, 40)), reference_mask=box_mask((32, 2048), (4, 10, 28, 2000)),
+        working_area=256 * 256),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_PICTURES))
+def test_long_thin_pictures_are_edited_in_bounded_memory(server, name):
+    """Long thin pictures and references of the opposite shape end in a result (never internal_error),
+    and a reference frame that reaches far past its picture costs no memory for the part outside."""
+    process, endpoint = server
+    pid = process.process.pid
+    reset_peak_rss(pid)
+    before = rss_kib(pid)
+    with kit.Client(endpoint) as client:
+        edit = Edit(id=f"odd-{time.monotonic_ns()}", steps=2, **ODD_PICTURES[name])
+        client.send(edit)
+        end = client.expect(TERMINAL, 120, edit.id)
+    assert isinstance(end, Result), (name, end)
+    grown_mb = (peak_rss_kib(pid) - before) / 1024
+    assert grown_mb < 200, f"{name}: the server's peak memory grew by {grown_mb:.0f} MiB"
+    record("abuse: long thin pictures edited")
+
+
+def test_a_huge_flat_picture_is_blended_in_bounded_memory(server):
+    """An 8000x8000 picture (a small message) with a small edit: only the changed frame is blended, so
+    the server's memory grows by the decoded picture, its mask and the result, not by float copies."""
+    process, endpoint = server
+    pid = process.process.pid
+    size = (8000, 8000)
+    edit = Edit(id="huge-flat", mode="move", image=flat(size), mask=box_mask(size, (4000, 4000, 4060, 4060)),
+                arrows=[(4030.0, 4030.0, 4070.0, 4040.0)], steps=2)
+    reset_peak_rss(pid)
+    before = rss_kib(pid)
+    with kit.Client(endpoint) as client:
+        client.send(edit)
+        end = client.expect(TERMINAL, 180, edit.id)
+    assert isinstance(end, Result) and end.size == size, end
+    grown_mb = (peak_rss_kib(pid) - before) / 1024
+    assert grown_mb < HUGE_PICTURE_MB, f"the server's peak memory grew by {grown_mb:.0f} MiB"
+    record("abuse: 8000x8000 picture, peak memory growth in MiB", int(grown_mb))
+
+
+HUGE_PICTURE_MB = 1000
+"""Bound on the peak memory growth of one 64-megapixel edit (about 800 MiB measured; 4 GB before the
+blend was bounded): the picture and the result as 8-bit RGB (183 MiB each), the masks the plan makes at
+full size (61 MiB each) and the working frame; the blend's float work is a few MiB."""
