@@ -19,7 +19,7 @@ import zmq
 import zmq.auth
 
 import serverkit as kit
-from campaign import peak_rss_kib, record, reset_peak_rss, rss_kib
+from campaign import peak_rss_kib, record, reset_peak_rss, rss_kib, scaled
 from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Fetch, Ping, Progress, Result
 from dragon_server.cli import main
 
@@ -427,3 +427,68 @@ HUGE_PICTURE_MB = 1000
 """Bound on the peak memory growth of one 64-megapixel edit (about 800 MiB measured; 4 GB before the
 blend was bounded): the picture and the result as 8-bit RGB (183 MiB each), the masks the plan makes at
 full size (61 MiB each) and the working frame; the blend's float work is a few MiB."""
+
+
+# -- 6. shutdown --------------------------------------------------------------------------------------
+
+FROZEN_PLUGIN = """
+import sys, time
+from dragon_krita.client import Client
+client = Client({endpoint!r}, timeout=600.0)
+client.connect()
+print("connected", flush=True)
+sys.stdin.readline()  # the GUI thread is frozen until told
+received, deadline = 0, time.monotonic() + 3
+while time.monotonic() < deadline:
+    received += len(client.poll())
+    time.sleep(0.01)
+print("read", received, flush=True)
+"""
+
+
+def test_a_frozen_plugin_survives_the_server_stopping_under_a_full_queue(tmp_path):
+    """libzmq asserts (aborting the whole process: Krita) when a socket whose receive queue was full
+    reconnects and is then read (libzmq issue 3937). The plugin's client, frozen while a server floods it
+    and then replaced by another server on the same address, reads on without crashing."""
+    import subprocess
+    import sys
+
+    from dragon_protocol import Progress, encode
+
+    endpoint = f"tcp://127.0.0.1:{kit.free_port()}"
+    context = zmq.Context.instance()
+    server = context.socket(zmq.ROUTER)
+    server.bind(endpoint)
+    child = subprocess.Popen([sys.executable, "-c", FROZEN_PLUGIN.format(endpoint=endpoint)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "connected"
+        route = server.recv_multipart()[0]
+        flood = encode(Progress("frozen", "sampling", 1, 2, b"\0" * 1024, (0, 0, 8, 8)))
+        sent = 0
+        for _ in range(scaled(5000)):
+            try:
+                server.send_multipart([route, flood], zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                time.sleep(0.001)
+        time.sleep(0.5)
+        server.close(0)
+        server = context.socket(zmq.ROUTER)  # "restarted": the client reconnects by itself
+        for _ in range(100):
+            try:
+                server.bind(endpoint)
+                break
+            except zmq.ZMQError:  # the old socket lets go of the port asynchronously
+                time.sleep(0.05)
+        time.sleep(12.0)  # a stalled connection sees no EOF: its heartbeat timeout (10 s) ends it, then it reconnects
+        child.stdin.write("read\n")
+        child.stdin.flush()
+        assert child.wait(30) == 0, "the plugin's process was killed (libzmq assertion)"
+        assert int(child.stdout.readline().split()[1]) > 1000
+    finally:
+        server.close(0)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    record("abuse: frozen plugin clients flooded, server replaced, no crash", 1)

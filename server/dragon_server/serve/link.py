@@ -43,6 +43,7 @@ class ServerLink:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # a full receive queue and a reconnect abort libzmq (issue 3937)
         try:
             if server_key is not None:
                 keys.secure_client_socket(self.socket, server_key, client_key)
