@@ -492,3 +492,71 @@ def test_a_frozen_plugin_survives_the_server_stopping_under_a_full_queue(tmp_pat
             child.kill()
             child.wait()
     record("abuse: frozen plugin clients flooded, server replaced, no crash", 1)
+
+
+def test_a_running_edit_that_does_not_stop_cannot_keep_the_server_alive(tmp_path, monkeypatch):
+    """The running edit hangs without looking at its cancel flag (test-only fault): SIGTERM still ends the
+    server after --stop-wait with exit status 3 (no abort, no core dump), and the client is told."""
+    import signal
+
+    monkeypatch.setenv("DRAGON_TEST_FAULTS", "hang@1")
+    process, endpoint = kit.start_server(str(tmp_path), ["--stop-wait", "1"])
+    try:
+        with kit.Client(endpoint) as client:
+            edit = kit.move_edit("hangs", steps=6)
+            client.send(edit)
+            client.expect((Progress,), 60, edit.id)
+            time.sleep(2.0)  # at its first sampling step by now, hanging
+            stopped = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            end = client.expect(TERMINAL, 30, edit.id)
+            assert process.process.wait(30) == 3
+            assert time.monotonic() - stopped < 10
+    finally:
+        process.stop()
+    assert isinstance(end, Error) and end.code == "shutting_down", end
+    assert "request hangs did not stop within 1 s" in process.console()
+    record("abuse: servers stopped with a hung edit, exit status 3")
+
+
+class FullForAWhile:
+    """A stand-in for the server's socket whose client's send queue is full for `seconds` after the first
+    try (the client reads again a little after the stop); it closes the real socket with it."""
+
+    def __init__(self, real: zmq.Socket, seconds: float):
+        self.real, self.seconds = real, seconds
+        self.first_try: float = 0.0
+        self.sent: list = []
+
+    def send_multipart(self, frames, flags: int = 0) -> None:
+        self.first_try = self.first_try or time.monotonic()
+        if time.monotonic() - self.first_try < self.seconds:
+            raise zmq.Again()
+        self.sent.append(frames)
+
+    def close(self, linger=None) -> None:
+        self.real.close(0)
+
+
+@pytest.mark.parametrize("full_for", [0.3, 1.5])
+def test_cancelled_reaches_a_client_whose_send_queue_is_full_at_shutdown(full_for):
+    """A queued edit's `cancelled` meets a full send queue when the server stops: it is sent again while
+    the server lingers (2 s), so it arrives once the client reads again, exactly once."""
+    import threading
+
+    from dragon_server.serve.jobs import Job
+    from dragon_server.serve.server import Server, ServerConfig
+
+    server = Server(ServerConfig(binds=[]))
+    fake = FullForAWhile(server.front, full_for)
+    server.front = fake
+    server.worker = threading.Thread()  # never started: nothing is running
+    server._wake_out = server.context.socket(zmq.PAIR)
+    job = Job(edit=kit.move_edit("queued-at-stop"), owner="", route=b"route", peer="?")
+    server.jobs.put(job)
+    server.active[job.key] = job
+    started = time.monotonic()
+    server._shutdown()
+    assert fake.sent == [[b"route", kit.encode(Cancelled(id="queued-at-stop", reason="shutdown"))]]
+    assert time.monotonic() - started < full_for + 1.0
+    record("abuse: cancelled delivered at shutdown through a full send queue")

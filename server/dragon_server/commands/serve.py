@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
@@ -51,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
                         "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
+    p.add_argument("--stop-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="on Ctrl-C or SIGTERM, how long to wait for the running edit to stop before leaving it "
+                   "behind and exiting with status 3 (default 30)")
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 2**20,
         cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
         faults=faults,
+        stop_wait=args.stop_wait,
     )
     server = Server(config)
     try:
@@ -98,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
     except (BindError, keys.KeyFileError) as error:
         server.close()
         return _fail(str(error), 1)
-    return server.run()
+    code = server.run()
+    if server.abandoned:  # the worker thread is still inside the model: leave without waiting on it
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _endpoints(args: argparse.Namespace) -> list:
@@ -110,10 +119,10 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--insecure and --keys exclude each other")
     share = args.queue if args.client_share is None else args.client_share
     if min(args.queue, args.keep_results_mb, args.max_message_mb, share) < 1 or not args.max_work >= 1 \
-            or args.keep_results < 0:
+            or not args.keep_results >= 0 or not 0 <= args.stop_wait <= 3600:
         raise EndpointError(
             "--queue, --client-share, --max-work, --keep-results-mb and --max-message-mb must be at least 1, "
-            "--keep-results at least 0"
+            "--keep-results at least 0, --stop-wait from 0 to 3600"
         )
     if args.keys is not None:
         keys.load_secret(args.keys)

@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -57,6 +58,11 @@ log = logging.getLogger("dragon.server")
 CLIENT_MESSAGES = (Hello.type, Edit.type, Cancel.type, Fetch.type, Ping.type)
 HEARTBEAT_MS = 2000
 SHUTDOWN_WAIT_S = 30.0
+"""How long a stop waits for the running edit to notice its cancel (the default of --stop-wait)."""
+SHUTDOWN_LINGER_S = 2.0
+"""How long a stop goes on sending terminal messages that met a full send queue, before closing."""
+EXIT_ABANDONED = 3
+"""Exit status when the running edit did not stop within the wait and was abandoned."""
 SEND_QUEUE_MESSAGES = 200
 """Messages queued for one client that does not read them (ZeroMQ's send high-water mark); beyond it,
 progress for that client is dropped and its terminal message is sent again later (see `_retry`)."""
@@ -92,6 +98,8 @@ class ServerConfig:
     """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
     cache_bytes: Optional[int] = None
     """Memory kept for reuse between edits of the same picture; None: the engine's default."""
+    stop_wait: float = SHUTDOWN_WAIT_S
+    """Seconds a stop waits for the running edit to end before abandoning it (exit status 3)."""
     faults: Faults = field(default_factory=Faults)
     """Test-only faults to inject (from DRAGON_TEST_FAULTS, see faults.py); none in normal use."""
 
@@ -126,6 +134,11 @@ class Server:
         self.events: queue.Queue[WorkerEvent] = queue.Queue()
         self.stop_signal: Optional[int] = None
         self.exit_code = 0
+        self.abandoned = False
+        """True when the stop left the running edit behind: the caller must end the process at once."""
+        self._wake_out: Optional[zmq.Socket] = None
+        self._wake_lock = threading.Lock()
+        """Held around the worker's use of `_wake_out` and its closing, which happen in different threads."""
         self.context = zmq.Context()
         self.auth = None
         self.front = self.context.socket(zmq.ROUTER)
@@ -164,10 +177,13 @@ class Server:
     def _post(self, event: WorkerEvent) -> None:
         """Worker side: hand an event to the loop and wake it (only the worker thread posts)."""
         self.events.put(event)
-        try:
-            self._wake_out.send(b"", zmq.NOBLOCK)
-        except zmq.ZMQError:  # the loop has stopped (or is already awake with a full pipe)
-            pass
+        with self._wake_lock:
+            if self._wake_out is None:  # the server has stopped (this edit was abandoned)
+                return
+            try:
+                self._wake_out.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:  # the loop is already awake with a full pipe
+                pass
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
@@ -433,14 +449,26 @@ class Server:
         running = self.jobs.running
         if running is not None:
             running.cancel("shutdown")
-            deadline = time.monotonic() + SHUTDOWN_WAIT_S
+            deadline = time.monotonic() + self.config.stop_wait
             while self.worker.is_alive() and time.monotonic() < deadline:
                 self.worker.join(0.1)
                 self._drain_events()
+                self._retry()
+            if self.worker.is_alive():
+                log.error("request %s did not stop within %g s: stopping without it", running.edit.id,
+                          self.config.stop_wait)
+                self.abandoned = True
+                self.exit_code = EXIT_ABANDONED
         self._drain_events()
         for job in list(self.active.values()):  # did not stop in time
             self._finish(job, encode(Error(id=job.edit.id, code=SHUTTING_DOWN, message="the server stopped")))
-        self._wake_out.close(0)
+        deadline = time.monotonic() + SHUTDOWN_LINGER_S
+        while self.undelivered and time.monotonic() < deadline:  # clients whose queue is full, read on
+            time.sleep(0.02)
+            self._retry()
+        with self._wake_lock:
+            self._wake_out.close(0)
+            self._wake_out = None
         self.close()
         log.info("stopped")
 
