@@ -20,7 +20,7 @@ import zmq.auth
 
 import serverkit as kit
 from campaign import peak_rss_kib, record, reset_peak_rss, rss_kib, scaled
-from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Fetch, Ping, Progress, Result
+from dragon_protocol import Accepted, Cancel, Cancelled, Edit, Error, Fetch, Ping, Pong, Progress, Result
 from dragon_server.cli import main
 
 TERMINAL = (Result, Cancelled, Error)
@@ -560,3 +560,89 @@ def test_cancelled_reaches_a_client_whose_send_queue_is_full_at_shutdown(full_fo
     assert fake.sent == [[b"route", kit.encode(Cancelled(id="queued-at-stop", reason="shutdown"))]]
     assert time.monotonic() - started < full_for + 1.0
     record("abuse: cancelled delivered at shutdown through a full send queue")
+
+
+# -- 4. memory, descriptors and log lines under abuse --------------------------------------------------
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_cannot_exhaust_descriptors(tmp_path):
+    """Connections beyond --max-connections are closed at once (idle TCP sockets that never speak
+    included), the refusals are logged a few times and then summarised, and an edit still succeeds."""
+    import socket
+
+    process, endpoint = kit.start_server(str(tmp_path), ["--max-connections", "10"])
+    host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+    idle = []
+    try:
+        before = open_descriptors(process.process.pid)
+        for _ in range(scaled(60)):
+            idle.append(socket.create_connection((host, int(port))))
+        time.sleep(1.0)
+        held = open_descriptors(process.process.pid) - before
+        assert held <= 10 + 2, f"{held} descriptors held for idle connections"
+        for connection in idle:
+            connection.close()
+        idle.clear()
+        time.sleep(0.5)
+        with kit.Client(endpoint) as client:
+            edit = kit.move_edit(steps=2)
+            client.send(edit)
+            assert isinstance(client.expect(TERMINAL, 60, edit.id), Result)
+    finally:
+        for connection in idle:
+            connection.close()
+        assert process.stop() == 0
+    refusals = process.console().count("connection refused:")
+    assert 0 < refusals <= 10, refusals
+    record("abuse: idle connections opened against a limit of 10", scaled(60))
+
+
+def test_a_flood_of_refused_messages_writes_a_few_log_lines(server):
+    """20000 one-byte messages are answered (while the client's queue has room) and the server goes on,
+    but they are logged 10 times and then summarised."""
+    process, endpoint = server
+    count = scaled(20_000)
+    with open(process.log_path) as log:
+        log.seek(0, os.SEEK_END)
+        with kit.Client(endpoint) as client:
+            for _ in range(count):
+                client.send_raw(b"x")
+            answers = 0
+            while answers < count and client.receive(2.0) is not None:
+                answers += 1
+            client.send(Ping(nonce=3))
+            assert client.expect((Pong,), 10).nonce == 3
+        written, deadline = "", time.monotonic() + 15  # the summary comes when the 10 s window ends
+        while "more lines like" not in written and time.monotonic() < deadline:
+            time.sleep(0.5)
+            written += log.read()
+    assert answers > count // 2  # the others met a full send queue: replies to a client that does not read
+    assert len(re.findall(r"^\S+ bad message from", written, flags=re.M)) <= 10 and len(written) < 10_000, written
+    assert re.search(r"\d+ more lines like 'bad message from ...' were not logged", written), written
+    record("abuse: refused messages in a flood", count)
+    record("abuse: log bytes written for the flood", len(written))
+
+
+def test_many_tiny_kept_results_stay_within_the_store_budget():
+    """The store counts each kept message with its bookkeeping, so 40000 tiny results fit the budget in
+    real memory (measured with tracemalloc), not only in payload bytes (before: 12 times the budget)."""
+    import tracemalloc
+
+    from dragon_server.serve.store import ResultStore
+
+    budget = 512 << 10
+    store = ResultStore(keep_seconds=3600, max_bytes=budget)
+    tracemalloc.start()
+    try:
+        for number in range(scaled(40_000)):
+            key = ("client-key-" + "k" * 30, f"request-{number:020d}")
+            store.put(key, kit.encode(Cancelled(id="x", reason="client")))
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert store.nbytes <= budget and used <= budget * 1.1, (store.nbytes, used)
+    record("abuse: tiny results kept, KiB of real memory for a 512 KiB budget", used // 1024)

@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
                         "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
+    p.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="most client connections open at once; more are closed at once (default 256)")
     p.add_argument("--stop-wait", type=float, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C or SIGTERM, how long to wait for the running edit to stop before leaving it "
                    "behind and exiting with status 3 (default 30)")
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
         faults=faults,
         stop_wait=args.stop_wait,
+        max_connections=args.max_connections,
     )
     server = Server(config)
     try:
@@ -118,10 +121,11 @@ def _endpoints(args: argparse.Namespace) -> list:
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
     share = args.queue if args.client_share is None else args.client_share
-    if min(args.queue, args.keep_results_mb, args.max_message_mb, share) < 1 or not args.max_work >= 1 \
-            or not args.keep_results >= 0 or not 0 <= args.stop_wait <= 3600:
+    counts = (args.queue, args.keep_results_mb, args.max_message_mb, share, args.max_connections)
+    if min(counts) < 1 or not args.max_work >= 1 or not args.keep_results >= 0 or not 0 <= args.stop_wait <= 3600:
         raise EndpointError(
-            "--queue, --client-share, --max-work, --keep-results-mb and --max-message-mb must be at least 1, "
+            "--queue, --client-share, --max-work, --max-connections, --keep-results-mb and --max-message-mb "
+            "must be at least 1, "
             "--keep-results at least 0, --stop-wait from 0 to 3600"
         )
     if args.keys is not None:

@@ -42,5 +42,7 @@ def image_to_png(image: Image.Image, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
+Image.preinit()  # Pillow's format plugins load now: decoding later needs no file (none left under a flood)
+
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 """PIL modes that PNG stores without loss."""

@@ -10,10 +10,11 @@ import logging
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -50,6 +51,7 @@ from dragon_server.engine.settings import MethodSettings
 from dragon_server.serve import keys
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
+from dragon_server.serve.lograte import RepeatLimiter
 from dragon_server.serve.store import ResultStore
 from dragon_server.serve.worker import Worker, WorkerEvent
 
@@ -57,6 +59,8 @@ log = logging.getLogger("dragon.server")
 
 CLIENT_MESSAGES = (Hello.type, Edit.type, Cancel.type, Fetch.type, Ping.type)
 HEARTBEAT_MS = 2000
+HANDSHAKE_MS = 10000
+"""A connection that has not completed its ZeroMQ handshake by then is closed (idle sockets hold none)."""
 SHUTDOWN_WAIT_S = 30.0
 """How long a stop waits for the running edit to notice its cancel (the default of --stop-wait)."""
 SHUTDOWN_LINGER_S = 2.0
@@ -98,6 +102,8 @@ class ServerConfig:
     """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
     cache_bytes: Optional[int] = None
     """Memory kept for reuse between edits of the same picture; None: the engine's default."""
+    max_connections: int = 256
+    """Most client connections open at once (idle and half-sent ones included); more are closed at once."""
     stop_wait: float = SHUTDOWN_WAIT_S
     """Seconds a stop waits for the running edit to end before abandoning it (exit status 3)."""
     faults: Faults = field(default_factory=Faults)
@@ -129,6 +135,9 @@ class Server:
         that connection is open. Messages about a key's requests go to a routing id only while this says
         the key holds it, so a connection of another key that takes the routing id over gets none."""
         self.monitor: Optional[zmq.Socket] = None
+        """Reports each connection opened and closed on the front socket (see `_watch_connections`)."""
+        self.connections: Set[int] = set()
+        """File descriptors of the open client connections, at most `max_connections`."""
         self.store = ResultStore(config.keep_seconds, config.keep_bytes)
         self.info = _EngineInfo(model=config.model)
         self.events: queue.Queue[WorkerEvent] = queue.Queue()
@@ -144,6 +153,8 @@ class Server:
         self.front = self.context.socket(zmq.ROUTER)
         self.wake_in = self.context.socket(zmq.PAIR)
         self.curve = self.config.secret_key is not None
+        self.log_limiter = RepeatLimiter().attach(log)
+        """Refused messages are logged 10 per kind and 10 s, then summarised (a flood writes no megabytes)."""
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -153,10 +164,11 @@ class Server:
         if self.curve:
             self.auth = keys.start_authenticator(self.context, self.config.allowed_clients)
             keys.secure_server_socket(front, self.config.secret_key)
-            front.monitor(_MONITOR_ENDPOINT, zmq.EVENT_DISCONNECTED)
-            self.monitor = self.context.socket(zmq.PAIR)
-            self.monitor.setsockopt(zmq.RCVHWM, 0)  # no closed connection may go unnoticed
-            self.monitor.connect(_MONITOR_ENDPOINT)
+        front.monitor(_MONITOR_ENDPOINT, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.monitor = self.context.socket(zmq.PAIR)
+        self.monitor.setsockopt(zmq.RCVHWM, 0)  # no connection may go unnoticed
+        self.monitor.connect(_MONITOR_ENDPOINT)
+        front.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         front.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         front.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
         front.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -214,10 +226,13 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.wake_in, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         while self.stop_signal is None and self.info.state != "failed":
             ready = dict(poller.poll(250))
             if self.wake_in in ready:
                 self._drain_events()
+            if self.monitor in ready:
+                self._watch_connections()
             if self.front in ready:
                 for _ in range(100):
                     try:
@@ -227,6 +242,7 @@ class Server:
                     self._receive(frames)
             self.store.expire()
             self._retry()
+            self.log_limiter.flush()
         if self.stop_signal is not None:
             log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
 
@@ -297,22 +313,32 @@ class Server:
 
     def _holds(self, route: bytes, owner: str) -> bool:
         """With CURVE: whether the connection now on `route` is one of `owner`'s key."""
-        self._forget_closed_connections()
+        self._watch_connections()
         return self.routes.get(route, ("", -1))[0] == owner
 
-    def _forget_closed_connections(self) -> None:
-        """Drop the routes of connections that have closed (the monitor reports each one).
+    def _watch_connections(self) -> None:
+        """Count the connections the monitor reports; close those over `max_connections`, and drop the
+        routes of those that closed.
 
-        ZeroMQ reports a closed connection before another connection can take its routing id, so a
-        routing id taken over is never trusted until the new connection speaks with its own key.
+        ZeroMQ reports a closed connection before another connection can take its routing id, so with
+        CURVE a routing id taken over is never trusted until the new connection speaks with its own key.
         """
         while True:
             try:
-                closed = int(recv_monitor_message(self.monitor, zmq.NOBLOCK)["value"])
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            for route in [route for route, (_, fd) in self.routes.items() if fd == closed]:
-                del self.routes[route]
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connections.discard(fd)
+                for route in [route for route, (_, held) in self.routes.items() if held == fd]:
+                    del self.routes[route]
+            elif len(self.connections) >= self.config.max_connections:
+                log.warning("connection refused: %d are open, the most this server takes (--max-connections)",
+                            len(self.connections))
+                _hang_up(fd)
+            else:
+                self.connections.add(fd)
 
     def _reply(self, route: bytes, owner: str, message: Message) -> None:
         self._send(route, owner, encode(message))
@@ -325,7 +351,7 @@ class Server:
         owner = ""
         if self.curve:
             owner = frames[-1].get("User-Id")
-            self._forget_closed_connections()
+            self._watch_connections()
             self.routes[route] = (owner, frames[-1].get(zmq.SRCFD))
         if len(frames) != 2:
             self._reply(route, owner, Error(id=None, code=BAD_MESSAGE, message="send each message as one frame"))
@@ -481,6 +507,22 @@ class Server:
         if self.auth is not None:
             self.auth.stop()
         self.context.term()
+        self.log_limiter.flush()
+        log.removeFilter(self.log_limiter)
+
+
+def _hang_up(fd: int) -> None:
+    """End the TCP connection on `fd`, which ZeroMQ owns: it sees the end and closes the descriptor."""
+    try:
+        connection = socket.socket(fileno=fd)
+    except OSError:  # gone already, or not a socket (ipc connections are refused the same way)
+        return
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        connection.detach()
 
 
 def _peer(frame: zmq.Frame) -> str:
