@@ -646,3 +646,25 @@ def test_many_tiny_kept_results_stay_within_the_store_budget():
         tracemalloc.stop()
     assert store.nbytes <= budget and used <= budget * 1.1, (store.nbytes, used)
     record("abuse: tiny results kept, KiB of real memory for a 512 KiB budget", used // 1024)
+
+
+def test_running_out_of_descriptors_is_reported_as_that_not_as_a_bad_picture(monkeypatch):
+    """When the server cannot open a file while decoding, the edit ends with `out_of_memory` saying open
+    files ran out, not with `bad_image` blaming the painter's picture."""
+    import errno
+
+    from PIL import Image
+
+    from dragon_protocol import decode
+    from dragon_server.serve.jobs import Job, JobQueue
+    from dragon_server.serve.worker import Worker
+
+    def no_files_left(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Image, "open", no_files_left)
+    worker = Worker("tiny", "cpu", JobQueue(1), lambda event: None)
+    payload, outcome = worker._run(Job(edit=kit.move_edit("no-files"), owner="", route=b"r", peer="p"))
+    end = decode(payload)
+    assert isinstance(end, Error) and end.code == outcome == "out_of_memory", end
+    assert "ran out of open files" in end.message

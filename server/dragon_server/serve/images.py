@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 from typing import Optional
@@ -26,7 +27,13 @@ def png_to_image(data: bytes, field: str, mode: Optional[str] = None) -> Image.I
     except UnidentifiedImageError:
         raise ProtocolError(BAD_IMAGE, f"{field}: the PNG cannot be decoded (no image data in it)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        if getattr(error, "errno", None) in RESOURCE_ERRORS:  # the server's trouble, not the picture's
+            raise
         raise ProtocolError(BAD_IMAGE, f"{field}: the PNG cannot be decoded ({_public(error)})") from None
+
+
+RESOURCE_ERRORS = {errno.EMFILE: "open files", errno.ENFILE: "open files", errno.ENOMEM: "memory"}
+"""OSError numbers that mean the server ran out of a resource, and what ran out."""
 
 
 def _public(error: BaseException) -> str:

@@ -27,7 +27,7 @@ from dragon_server.engine import (
     ProgressEvent,
 )
 from dragon_server.serve.faults import Faults
-from dragon_server.serve.images import image_to_png, png_to_image
+from dragon_server.serve.images import RESOURCE_ERRORS, image_to_png, png_to_image
 from dragon_server.serve.jobs import Job, JobQueue
 
 log = logging.getLogger("dragon.worker")
@@ -105,6 +105,13 @@ class Worker(threading.Thread):
             return encode(Error(id=edit.id, code=error.code, message=_one_line(error))), error.code
         except (torch.cuda.OutOfMemoryError, MemoryError) as error:
             log.warning("request %s: out of memory: %s", edit.id, _one_line(error))
+        except OSError as error:
+            if error.errno not in RESOURCE_ERRORS:
+                log.exception("request %s failed unexpectedly", edit.id)
+                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=INTERNAL_ERROR_TEXT)), INTERNAL_ERROR
+            log.error("request %s: the server ran out of resources: %s", edit.id, _one_line(error))
+            text = f"the server ran out of {RESOURCE_ERRORS[error.errno]} for this edit; try again later"
+            return encode(Error(id=edit.id, code=OUT_OF_MEMORY, message=text)), OUT_OF_MEMORY
         except RuntimeError as error:
             if "out of memory" not in str(error):
                 log.exception("request %s failed unexpectedly", edit.id)
