@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from PIL import Image, ImageDraw
+import os
+
+# One math thread in this process and in every command and server the tests start: on a small shared
+# machine PyTorch's default threads spin against each other (the suite ran 20x slower under load).
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -121,6 +121,7 @@ class Client:
         self.socket.setsockopt(zmq.LINGER, 0)
         if routing_id is not None:
             self.socket.setsockopt(zmq.ROUTING_ID, routing_id)
+        self.socket.setsockopt(zmq.IPV6, endpoint.startswith("tcp://["))
         if server_key is not None:
             self.socket.curve_serverkey = server_key
             self.socket.curve_publickey, self.socket.curve_secretkey = client_pair

@@ -14,11 +14,14 @@ def test_bench_reports_stages_ratios_and_savings(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--model", "tiny", "--sizes", "128", "--steps", "10", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "first edit / reference" in printed and "repeat edit / reference" in printed
+    for guidance in ("release", "paper"):
+        assert f"first edit / reference, {guidance} guidance" in printed
+        assert f"repeat edit / reference, {guidance} guidance" in printed
     report = json.loads(out.read_text())
     assert report["model"] == "tiny" and report["steps"] == 10 and "platform" in report["machine"]
+    assert report["guidances"] == ["release", "paper"]
     runs = report["sizes"]["128"]["runs"]
-    first, repeat, ref = runs["ours_first"], runs["ours_repeat"], runs["reference_first"]
+    first, repeat, ref = runs["release_first"], runs["release_repeat"], runs["reference_first"]
     for run in (first, repeat, ref):
         assert run["total"]["seconds"] > 0 and run["total"]["flops"] > 0
     # the repeat skips inversion and guidance-branch features; the reference does everything every time
@@ -28,7 +31,10 @@ def test_bench_reports_stages_ratios_and_savings(tmp_path, capsys):
     assert ref["source_features"]["features"] > first["source_features"]["features"]
     assert repeat["total"]["flops"] < first["total"]["flops"] < ref["total"]["flops"]
     ratios = report["sizes"]["128"]["ratios"]
-    assert 0 < ratios["repeat"]["flops"] < ratios["first"]["flops"] < 1
+    for guidance in ("release", "paper"):
+        assert 0 < ratios[guidance]["repeat"]["flops"] < ratios[guidance]["first"]["flops"] < 1
+    assert ratios["paper"]["first"]["flops"] < ratios["release"]["first"]["flops"]
+    assert runs["paper_first"]["total"]["backward"] * 2 == first["total"]["backward"]
     assert runs["reference_repeat"]["total"]["flops"] == pytest.approx(ref["total"]["flops"], rel=0.01)
 
 

@@ -53,14 +53,18 @@ def test_every_mode_writes_the_edit_and_a_json_summary(files, name, capsys, monk
     assert (np.asarray(edited)[m == 0] == np.asarray(original)[m == 0]).all()
 
 
-def test_guidance_option_picks_the_release_gradients(files, capsys, monkeypatch):
+def test_release_guidance_by_default_and_paper_on_request(files, capsys, monkeypatch):
     monkeypatch.chdir(files)
     counts = {}
-    for guidance in ("paper", "release"):
+    for guidance in ("default", "paper", "release"):
+        choice = [] if guidance == "default" else ["--guidance", guidance]
         assert main(["edit", "image.png", *MODES["move"], "--out", f"g-{guidance}.png", "--model", "tiny",
-                     "--steps", "6", "--json", "--guidance", guidance]) == 0
-        counts[guidance] = json.loads(capsys.readouterr().out)["unet_evaluations"]
+                     "--steps", "6", "--json", *choice]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["guidance"] == ("release" if guidance == "default" else guidance)
+        counts[guidance] = summary["unet_evaluations"]
     assert counts["release"]["backward"] == 2 * counts["paper"]["backward"] > 0
+    assert counts["default"] == counts["release"]
 
 
 ERRORS = [
@@ -75,7 +79,9 @@ ERRORS = [
     (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--model", "gone.safetensors"],
      "checkpoint gone.safetensors does not exist"),
     (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--set", "w_edit"], "NAME=NUMBER"),
-    (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--set", "release_guidance=2"], "a switch"),
+    (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--set", "guidance=1"], "chosen by name"),
+    (["--mode", "move", "--mask", "mask.png", "--arrow", "1,1,2,2", "--guidance", "fast"],
+     "invalid choice: 'fast' (choose from 'release', 'paper')"),
 ]
 
 

@@ -9,13 +9,25 @@ import zmq.auth
 from dragon_krita.client import Client, check_address, load_curve_keys
 from dragon_krita.edit import PreparedEdit
 from dragon_krita.errors import PluginError
-from dragon_krita.jobs import Host, Job, Jobs, new_request_id, server_error, welcome_text
+from dragon_krita.jobs import (
+    Host,
+    Job,
+    Jobs,
+    edit_fraction,
+    finished_text,
+    new_request_id,
+    progress_text,
+    server_error,
+    time_left,
+    welcome_text,
+)
 from dragon_krita.region import Rect
 from dragon_protocol import (
     Accepted,
     Cancelled,
     Edit,
     Error,
+    Pong,
     Progress,
     Result,
     Welcome,
@@ -138,23 +150,32 @@ def test_no_server_is_cannot_connect(router):
     assert client.socket is None
 
 
-def test_silent_server_gets_a_ping_then_times_out(router):
+def test_silence_is_pinged_every_second_and_a_dead_server_noticed_within_five(router):
     clock = Clock()
     client, route = connected_client(router, clock)
-    client.submit(edit())
-    receive(router)
-    clock.now = 16
+    clock.now = 1.5
     assert client.poll() == []
     _, ping = receive(router)
-    assert ping.type == "ping"
+    assert ping.type == "ping", "an idle connection is checked too"
+    router.send_multipart([route, encode(Pong(nonce=ping.nonce, queued=3, running=1))])
+    (pong,) = poll_until(client)
+    assert pong == Pong(nonce=ping.nonce, queued=3, running=1), "the queue's state reaches the status line"
+    client.submit(edit())
+    receive(router)
+    clock.now = 3.0
+    client.poll()
+    assert receive(router)[1].type == "ping"
     _, fetch = receive(router)
-    assert fetch.type == "fetch" and fetch.id == "e1"
-    clock.now = 25
-    assert client.poll() == [], "one ping per silence"
-    clock.now = 31
-    events = client.poll()
-    (error,) = events
-    assert error.code == "timeout"
+    assert fetch.type == "fetch" and fetch.id == "e1", "a restarted server answers unknown_request"
+    clock.now = 3.5
+    client.poll()
+    assert not router.poll(200), "at most one ping a second"
+    clock.now = 4.2
+    client.poll()
+    assert receive(router)[1].type == "ping" and not router.poll(200), "one fetch per silence"
+    clock.now = 6.6
+    (error,) = client.poll()
+    assert error.code == "timeout" and not client.connected
 
 
 def test_submit_needs_a_connection(router):
@@ -250,6 +271,16 @@ def test_jobs_follow_replies(router):
     while not jobs.client.connected and time.monotonic() < deadline:
         jobs.poll()
     assert host.calls[-1] == ("connection", True, "Connected: tiny on cpu (float32), 2 queued, 0 running")
+    router.send_multipart([route, encode(Pong(nonce=1, queued=0, running=1))])
+    router.send_multipart([route, encode(Pong(nonce=2, queued=0, running=1))])
+    deadline = time.monotonic() + 5
+    while "1 running" not in host.calls[-1][2] and time.monotonic() < deadline:
+        jobs.poll()
+    jobs.poll()
+    assert [c for c in host.calls if "running" in c[2]][-2:] == [
+        ("connection", True, "Connected: tiny on cpu (float32), 2 queued, 0 running"),
+        ("connection", True, "Connected: tiny on cpu (float32), 0 queued, 1 running"),
+    ], "the status line follows the server's queue, once per change"
     for request_id in ("a", "b", "c", "d", "e", "e2"):
         jobs.submit(job(request_id))
         receive(router)
@@ -300,6 +331,148 @@ def test_server_error_wording_and_ids():
     assert server_error(Error(id="x", code="out_of_memory", message="oom")).code == "server_memory"
     assert "oom" in str(server_error(Error(id="x", code="internal_error", message="oom")))
     assert server_error(Error(id="x", code="model_unavailable", message="no weights")).code == "server_model"
-    assert "tiny on cpu" in welcome_text(welcome())
+    assert "tiny on cpu" in welcome_text(welcome(), 0, 0)
+    assert server_error(Error(id="x", code="shutting_down", message="bye")).code == "server_shutdown"
     ids = {new_request_id() for _ in range(100)}
     assert len(ids) == 100 and all(len(i) == 32 for i in ids)
+
+
+class LosingHost(RecordingHost):
+    """A host whose edited layers can be deleted."""
+
+    def __init__(self):
+        super().__init__()
+        self.deleted = set()
+
+    def job_lost(self, job):
+        return job.id in self.deleted
+
+
+def connected_jobs(router, clock, host):
+    jobs = Jobs(host, lambda: Client(endpoint(router), clock=clock, context=router.context), clock=clock)
+    jobs.connect()
+    route, hello = receive(router)
+    assert hello.type == "hello"
+    router.send_multipart([route, encode(welcome())])
+    deadline = time.monotonic() + 5
+    while not (jobs.client and jobs.client.connected) and time.monotonic() < deadline:
+        jobs.poll()
+    assert jobs.client.connected
+    return jobs, route
+
+
+def test_dead_server_is_noticed_and_a_restarted_one_reconnected(router):
+    clock, host = Clock(), LosingHost()
+    jobs, route = connected_jobs(router, clock, host)
+    jobs.submit(job("a"))
+    receive(router)
+    clock.now = 5.5  # the server died: nothing comes back
+    jobs.poll()
+    assert ("failed", "a", "timeout") in host.calls
+    lost = [c for c in host.calls if c[0] == "connection"][-1]
+    assert lost[1] is False and "stopped answering" in lost[2] and "reconnects" in lost[2]
+    while router.poll(0):
+        router.recv_multipart()  # pings sent before the loss
+    jobs.poll()
+    assert jobs.client is None and not router.poll(200), "no retry before its time"
+    clock.now = 9.0
+    jobs.poll()
+    route, hello = receive(router)
+    assert hello.type == "hello", "the plugin tries the same address again by itself"
+    router.send_multipart([route, encode(welcome(queued=1))])
+    deadline = time.monotonic() + 5
+    while not jobs.client.connected and time.monotonic() < deadline:
+        jobs.poll()
+    assert host.calls[-1] == ("connection", True, "Connected: tiny on cpu (float32), 1 queued, 0 running")
+
+
+def test_shutdown_and_deleted_layers_end_edits_with_their_own_words(router):
+    clock, host = Clock(), LosingHost()
+    jobs, route = connected_jobs(router, clock, host)
+    for request_id in ("a", "b"):
+        jobs.submit(job(request_id))
+        receive(router)
+    router.send_multipart([route, encode(Cancelled(id="a", reason="shutdown"))])
+    deadline = time.monotonic() + 5
+    while len(jobs.running()) > 1 and time.monotonic() < deadline:
+        jobs.poll()
+    (failure,) = [c for c in host.calls if c[0] == "failed"]
+    assert failure == ("failed", "a", "server_shutdown")
+    assert "shut down" in str(PluginError("server_shutdown")) and "cancelled" not in str(PluginError("server_shutdown"))
+    host.deleted.add("b")
+    jobs.poll()
+    assert host.calls[-1] == ("failed", "b", "layer_gone") and jobs.running() == []
+    _, cancel = receive(router)
+    assert cancel.type == "cancel" and cancel.id == "b", "deleting the edited layer cancels it on the server"
+
+
+def test_one_progress_bar_spans_every_stage():
+    stages = [("encode", 1, 1)] + [("inversion", s, 10) for s in range(11)]
+    stages += [("sampling", s, 10) for s in range(11)] + [("decode", 1, 1)]
+    fractions = [edit_fraction("move", 10, *stage) for stage in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] < 0.05
+    assert 0.3 < edit_fraction("move", 10, "sampling", 0, 10) < 0.4, "sampling steps weigh double"
+    paste = edit_fraction("paste", 10, "sampling", 0, 10)
+    assert paste > edit_fraction("paste", 10, "reference", 0, 10) and paste == pytest.approx(0.5)
+    assert edit_fraction("move", 10, "mystery", 1, 1) == 0.0
+    assert time_left(0.25, 10.0) == pytest.approx(30.0) and time_left(0.01, 2.0) == pytest.approx(198.0)
+    assert time_left(0.0, 5.0) is None and time_left(0.5, 0.5) is None, "no guess before there is data"
+    running = job("a")
+    running.state, running.stage, running.step, running.total = "running", "sampling", 5, 10
+    running.fraction, running.started = 0.5, 100.0
+    assert progress_text(running, 108.0, 2) == "Sampling 5/10, about 8 s left (+2 queued)"
+    assert progress_text(job("b"), 0.0, 0) == "Sending"
+
+
+def test_a_server_still_loading_says_so_until_it_is_ready(router):
+    clock, host = Clock(), RecordingHost()
+    jobs = Jobs(host, lambda: Client(endpoint(router), clock=clock, context=router.context), clock=clock)
+    jobs.connect()
+    route, _ = receive(router)
+    router.send_multipart([route, encode(welcome(state="loading", device="", dtype=""))])
+    deadline = time.monotonic() + 5
+    while not (jobs.client and jobs.client.connected) and time.monotonic() < deadline:
+        jobs.poll()
+    assert host.calls[-1] == ("connection", True, "Connected: the server is still loading tiny; 0 queued, 0 running")
+    router.send_multipart([route, encode(Pong(nonce=1, queued=0, running=0))])
+    _, hello = receive(router) if poll_jobs_until(jobs, router) else (None, None)
+    assert hello is not None and hello.type == "hello", "a pong while loading asks for a fresh welcome"
+    router.send_multipart([route, encode(welcome())])
+    deadline = time.monotonic() + 5
+    while "cpu" not in host.calls[-1][2] and time.monotonic() < deadline:
+        jobs.poll()
+    assert host.calls[-1] == ("connection", True, "Connected: tiny on cpu (float32), 0 queued, 0 running")
+    assert "could not load" in welcome_text(welcome(state="failed"), 0, 0)
+
+
+def poll_jobs_until(jobs, router):
+    """Poll the jobs until the stand-in server has a message waiting (True), or 5 s pass (False)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        jobs.poll()
+        if router.poll(10):
+            return True
+    return False
+
+
+def test_a_result_with_warnings_is_reported_with_them(router):
+    host = RecordingHost()
+    jobs = Jobs(host, lambda: Client(endpoint(router), context=router.context))
+    jobs.connect()
+    route, _ = receive(router)
+    router.send_multipart([route, encode(welcome())])
+    deadline = time.monotonic() + 5
+    while not jobs.client.connected and time.monotonic() < deadline:
+        jobs.poll()
+    done = job("w")
+    jobs.submit(done)
+    receive(router)
+    warning = "the prompt is longer than the 75 tokens the text encoder reads; these words were dropped: at dusk"
+    router.send_multipart([route, encode(Result(id="w", image=PNG, mask=PNG, box=(0, 0, 1, 1), size=(1, 1),
+                                                working_size=(1, 1), warnings=[warning]))])
+    deadline = time.monotonic() + 5
+    while ("result", "w") not in host.calls and time.monotonic() < deadline:
+        jobs.poll()
+    assert finished_text(done, None) == f'Added layer "layer". Note: {warning}.'
+    assert finished_text(job("x"), None) == 'Added layer "layer".'
+    assert finished_text(done, PluginError("nothing_changed")) == str(PluginError("nothing_changed"))

@@ -2,6 +2,7 @@
 
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -9,7 +10,15 @@ from hypothesis import strategies as st
 
 from dragon_krita import pixels
 from dragon_krita.arrows import arrow_svg
-from dragon_krita.edit import EditSettings, PreparedEdit, Source, layer_name, prepare_edit, result_layer
+from dragon_krita.edit import (
+    EditSettings,
+    PreparedEdit,
+    Source,
+    encode_images,
+    gather_edit,
+    layer_name,
+    result_bands,
+)
 from dragon_krita.errors import PluginError
 from dragon_krita.region import Rect
 from dragon_protocol import Edit, decode, encode, read_png_header
@@ -68,6 +77,10 @@ class FakeDocument(Source):
         self.reads.append(rect)
         return bytes([10, 20, 30, 255]) * (rect.width * rect.height)
 
+    def visible_pixels(self, rect):
+        self.reads.append(("visible", rect))
+        return bytes([40, 50, 60, 255]) * (rect.width * rect.height)
+
     def reference_pixels(self, rect):
         return bytes([1, 2, 3, 255]) * (rect.width * rect.height)
 
@@ -79,8 +92,12 @@ class FakeDocument(Source):
                 mask[y * W + box.x : y * W + box.right] = b"\xff" * box.width
         return self.canvas, bytes(mask)
 
-    def encode_png(self, data, width, height, channels):
-        return png(data, width, height, channels)
+
+def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
+    """The edit with its images encoded, as the plugin sends it."""
+    prepared = gather_edit(settings, source, request_id)
+    prepared.message = encode_images(prepared, png)
+    return prepared
 
 
 def roundtrip(message: Edit) -> Edit:
@@ -187,12 +204,30 @@ def test_too_many_arrows():
         prepare_edit(EditSettings(mode="Drag"), doc, "r")
 
 
-def test_release_guidance_is_sent_as_a_setting_and_named():
-    default = prepare_edit(EditSettings(), FakeDocument(), "a")
-    assert default.message.settings == {} and "guidance" not in default.layer_name
-    release = prepare_edit(EditSettings(release_guidance=True), FakeDocument(), "b")
-    assert decode(encode(release.message)).settings == {"release_guidance": 1.0}
-    assert release.layer_name.endswith("seed 0, release guidance)")
+def test_paper_guidance_is_sent_as_a_named_choice_and_named():
+    default = roundtrip(prepare_edit(EditSettings(), FakeDocument(), "a").message)
+    assert default.guidance == "release" and default.settings == {}, "the authors' release by default"
+    paper = prepare_edit(EditSettings(paper_guidance=True), FakeDocument(), "b")
+    assert roundtrip(paper.message).guidance == "paper"
+    assert paper.layer_name.endswith("seed 0, paper guidance)")
+    assert "guidance" not in prepare_edit(EditSettings(), FakeDocument(), "c").layer_name
+
+
+def test_a_transparent_layer_sends_what_the_painter_sees():
+    """An object on its own layer, or a layer moved off part of the canvas: the composite goes out."""
+    doc = FakeDocument()
+    layer = bytearray(bytes([10, 20, 30, 255]) * (W * H))
+    layer[3::4] = bytes(255 if i % W < 100 else 0 for i in range(W * H))  # the right half is empty
+    doc.image_pixels = lambda rect: pixels.copy_into(bytes(layer), doc.canvas, rect, channels=4)
+    prepared = prepare_edit(EditSettings(), doc, "r")
+    assert prepared.composite and doc.reads == [("visible", prepared.region)]
+    assert unpng(prepared.message.image)[2][:4] == bytes([60, 50, 40, 255])
+    assert prepared.image[:4] == bytes([60, 50, 40, 255]), "the result is unmixed against what was sent"
+    opaque = FakeDocument()
+    assert not prepare_edit(EditSettings(), opaque, "r").composite and len(opaque.reads) == 1
+    visible = FakeDocument()
+    assert prepare_edit(EditSettings(visible_canvas=True), visible, "r").composite
+    assert [read[0] for read in visible.reads] == ["visible"], "the layer itself is not read"
 
 
 def test_layer_names():
@@ -213,13 +248,24 @@ def prepared_for(region, under_pixel):
 def test_result_layer_places_box_and_sets_alpha_from_mask():
     prepared = prepared_for(Rect(100, 50, 64, 64), bytes([200, 100, 50, 255]))
     rgba = bytes([200, 100, 50, 255]) * 6
-    rect, bgra = result_layer(prepared, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
+    ((rect, bgra),) = result_bands(prepared, (10, 20, 3, 2), rgba, bytes([0, 64, 128, 255, 255, 0]))
     assert rect == Rect(110, 70, 3, 2)
     assert bgra[:4] == bytes([50, 100, 200, 0]) and bgra[4:8] == bytes([50, 100, 200, 64])
     for box in ((0, 0, 3, 3), (62, 0, 3, 2)):
         with pytest.raises(PluginError) as info:
-            result_layer(prepared, box, rgba, bytes(6))
+            result_bands(prepared, box, rgba, bytes(6))  # checked at once, before any band is made
         assert info.value.code == "bad_reply"
+
+
+def test_big_results_come_in_bands_of_whole_rows():
+    """A big result is placed band by band so Krita's GUI thread gets a turn in between."""
+    prepared = prepared_for(Rect(0, 0, 40, 30), bytes([9, 8, 7, 255]))
+    rgba = bytes(range(256)) * (40 * 30 * 4 // 256) + bytes(40 * 30 * 4 % 256)
+    mask = bytes((i * 7) % 256 for i in range(40 * 30))
+    ((whole_rect, whole),) = result_bands(prepared, (0, 0, 40, 30), rgba, mask, band_pixels=10**6)
+    bands = list(result_bands(prepared, (0, 0, 40, 30), rgba, mask, band_pixels=100))
+    assert [rect for rect, _ in bands] == [Rect(0, y, 40, 2) for y in range(0, 30, 2)]
+    assert b"".join(data for _, data in bands) == whole and whole_rect == Rect(0, 0, 40, 30)
 
 
 def composite(layer_rgba: bytes, under: bytes) -> bytes:
@@ -252,3 +298,15 @@ def test_result_layer_over_the_source_gives_the_servers_picture(pixels_):
 def test_unblend_checks_sizes():
     with pytest.raises(ValueError):
         pixels.unblend(bytes(8), bytes(4), bytes(2))
+
+
+def test_images_are_encoded_apart_from_reading_the_document():
+    """Reading is quick; PNG encoding of a big region is not, so the Krita side runs it on a worker thread."""
+    settings = EditSettings(mode="Paste", reference="Ref")
+    doc = FakeDocument(arrows=((160, 110, 60, 50),), reference=Rect(150, 100, 20, 20))
+    gathered = gather_edit(settings, doc, "r")
+    assert gathered.message.image == b"" and gathered.message.mask is None
+    assert sorted(gathered.raw) == ["image", "mask", "reference", "reference_mask"]
+    with ThreadPoolExecutor(1) as pool:
+        message = pool.submit(encode_images, gathered, png).result()
+    assert roundtrip(message) == roundtrip(prepare_edit(settings, doc, "r").message)

@@ -56,7 +56,7 @@ def test_wheel_platforms_and_versions():
 
 
 def run_install(tmp_path, monkeypatch, *extra):
-    monkeypatch.setattr(ip, "detect_krita_python", lambda: None)
+    monkeypatch.setattr(ip, "detect_krita_python", lambda flatpak=False: None)
     code = main(
         ["install-plugin", "--pykrita", str(tmp_path / "pykrita"), "--kritarc", str(tmp_path / "kritarc"), *extra]
     )
@@ -112,3 +112,41 @@ def test_bad_version_and_failed_download_are_one_line(tmp_path, monkeypatch, cap
 def test_python_status_of_this_python():
     version, ok = ip.python_status(sys.executable)
     assert version == f"{sys.version_info[0]}.{sys.version_info[1]}" and ok
+
+
+@pytest.fixture
+def flatpak_home(tmp_path, monkeypatch):
+    """A home folder where Flatpak Krita has run (and `flatpak` is on the PATH); native Krita only when
+    the test makes its folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ip.sys, "platform", "linux")
+    monkeypatch.setattr(ip.shutil, "which", lambda name: "/usr/bin/flatpak" if name == "flatpak" else None)
+    (tmp_path / ".var" / "app" / "org.kde.krita" / "config").mkdir(parents=True)
+    ran, fetched = [], []
+    monkeypatch.setattr(ip, "python_status", lambda *command: ran.append(command) or ("3.10", False))
+    monkeypatch.setattr(ip, "download_wheels", lambda version, target: fetched.append((version, target)) or ["w"])
+    return tmp_path, ran, fetched
+
+
+def test_flatpak_krita_alone_is_found_installed_enabled_and_given_wheels_for_its_python(flatpak_home, capsys):
+    home, ran, fetched = flatpak_home
+    root = home / ".var" / "app" / "org.kde.krita"
+    assert main(["install-plugin"]) == 0
+    assert (root / "data" / "krita" / "pykrita" / "dragon_krita" / "script.py").is_file()
+    assert (root / "config" / "kritarc").read_text() == "[python]\nenable_dragon_krita=true\n"
+    assert ran == [ip.FLATPAK_PYTHON]
+    assert fetched == [("3.10", root / "data" / "krita" / "pykrita" / "dragon_krita" / "deps")]
+    assert "installing into Flatpak Krita (org.kde.krita)" in capsys.readouterr().out
+    assert not (home / ".local").exists() and not (home / ".config").exists()
+
+
+def test_with_both_kritas_the_native_one_is_used_and_the_flag_for_the_flatpak_is_named(flatpak_home, capsys):
+    home, _, _ = flatpak_home
+    (home / ".local" / "share" / "krita").mkdir(parents=True)
+    assert main(["install-plugin", "--krita-python", "3.10"]) == 0
+    assert (home / ".local" / "share" / "krita" / "pykrita" / "dragon_krita").is_dir()
+    assert "to install there as well: dragon install-plugin --flatpak" in capsys.readouterr().out
+    assert main(["install-plugin", "--flatpak"]) == 0
+    assert (home / ".var" / "app" / "org.kde.krita" / "data" / "krita" / "pykrita" / "dragon_krita").is_dir()

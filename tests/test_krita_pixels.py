@@ -9,6 +9,7 @@ from dragon_krita.pixels import (
     bgra_to_rgba,
     copy_into,
     is_empty,
+    is_opaque,
     mask_bounds,
     rgba_to_bgra,
     with_alpha,
@@ -19,6 +20,7 @@ from dragon_krita.region import (
     edit_region,
     moved_rect,
     paste_arrows,
+    preview_crop,
     relative_arrows,
     result_rect,
     with_context,
@@ -123,3 +125,17 @@ def test_arrow_and_result_offsets():
     ref = Rect(0, 0, 100, 100)
     assert paste_arrows([(10, 20, 150, 80)], ref, region) == [(10, 20, 50, 30)]
     assert result_rect(region, 5, 6, 20, 30) == Rect(105, 56, 20, 30)
+
+
+def test_opaque():
+    assert is_opaque(b"\xff\xff") and is_opaque(b"")
+    assert not is_opaque(b"\xff\xfe") and not is_opaque(b"\x00")
+
+
+def test_preview_crop_shows_the_edited_area_only():
+    region = Rect(100, 100, 400, 200)
+    # the preview shows the region's box (0, 0, 400, 200) at half size: 200x100 pixels
+    assert preview_crop(Rect(200, 150, 100, 50), region, (0, 0, 400, 200), (200, 100)) == Rect(50, 25, 50, 25)
+    # a box inside the region, and a focus reaching past it, are clipped to the image
+    assert preview_crop(Rect(0, 0, 250, 250), region, (100, 0, 200, 200), (200, 200)) == Rect(0, 0, 50, 150)
+    assert preview_crop(Rect(0, 0, 10, 10), region, (0, 0, 400, 200), (200, 100)) == Rect(0, 0, 200, 100)

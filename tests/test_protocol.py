@@ -78,7 +78,7 @@ EXAMPLES = [
     Progress(id="x", stage="sampling", step=4, total=50, preview=png(), preview_box=(10, 20, 300, 200)),
     Progress(id="x", stage="inversion", step=1, total=50),
     Result(id="x", image=png(), mask=png("L"), box=(1, 2, 32, 24), size=(640, 480), working_size=(512, 384),
-           timings={"total": 1.5}, unet_evaluations={"forward": 100}),
+           timings={"total": 1.5}, unet_evaluations={"forward": 100}, warnings=["the prompt is longer..."]),
     Result(id="x", image=None, mask=None, box=(0, 0, 0, 0), size=(64, 64), working_size=(64, 64)),
     Error(id=None, code="bad_message", message="the message is not valid msgpack"),
     Error(id="x", code="queue_full", message="the queue is full"),
@@ -108,6 +108,8 @@ def test_defaults_of_an_edit_and_unknown_fields_ignored():
     edit = decode(msgpack.packb(body))
     assert (edit.steps, edit.seed, edit.strength, edit.scale, edit.context) == (50, 0, 1.0, 1.0, 0.25)
     assert edit.mask is None and edit.arrows == [] and edit.settings == {} and edit.preview_interval == 0.0
+    assert edit.guidance == "release"
+    assert decode(msgpack.packb({**body, "guidance": "paper"})).guidance == "paper"
 
 
 @pytest.mark.parametrize(
@@ -173,6 +175,8 @@ def test_accept_limits_the_types():
         (dict(settings={f"s{i}": 1 for i in range(65)}), "bad_field", "more than 64"),
         (dict(preview_size=4), "bad_field", "edit.preview_size"),
         (dict(preview_interval=-1), "bad_field", "edit.preview_interval"),
+        (dict(guidance="fast"), "bad_field", "edit.guidance: must be one of release, paper"),
+        (dict(guidance=1), "bad_field", "edit.guidance"),
     ],
 )
 def test_edit_validation(changes, code, words):

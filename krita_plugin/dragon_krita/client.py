@@ -1,9 +1,10 @@
 """The plugin's connection to `dragon serve`: a ZeroMQ DEALER socket that never blocks.
 
 Krita's GUI thread calls `poll()` from a timer; it reads whatever has arrived and returns at once.
-Liveness is tracked here too: no `welcome` soon after connecting means the server is not there, and
-silence while edits are outstanding is answered with a `ping` (and a `fetch` of each edit, which a
-restarted server answers with `unknown_request`) and then reported as a timeout.
+Liveness is tracked here too: no `welcome` soon after connecting means the server is not there; once
+connected, every second of silence is answered with a `ping` (its `pong` carries the server's queue, so
+the status line stays live), plus a `fetch` of each outstanding edit (a restarted server answers
+`unknown_request`), and `timeout` seconds of silence mean the server is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import zmq
 
-from dragon_protocol import Cancel, Edit, Fetch, Hello, Message, Ping, Pong, ProtocolError, Welcome, decode, encode
+from dragon_protocol import Cancel, Edit, Fetch, Hello, Message, Ping, ProtocolError, Welcome, decode, encode
 
 from .errors import PluginError
 
@@ -54,7 +55,8 @@ def check_address(address: str) -> str:
         return address
     if address.startswith("tcp://"):
         host, _, port = address[6:].rpartition(":")
-        if host and port.isdigit() and 0 < int(port) < 65536:
+        ipv6_ok = ":" not in host or host.startswith("[") and host.endswith("]")  # IPv6 in brackets
+        if host and ipv6_ok and port.isdigit() and 0 < int(port) < 65536:
             return address
     raise PluginError("bad_address", detail=repr(address))
 
@@ -67,13 +69,15 @@ class Client:
         address: str,
         server_key: str = "",
         client_key: str = "",
-        timeout: float = 15.0,
+        timeout: float = 5.0,
+        ping_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         context: Optional[zmq.Context] = None,
     ):
         self.address = check_address(address)
         self.keys = load_curve_keys(server_key, client_key) if server_key or client_key else None
         self.timeout = timeout
+        self.ping_interval = ping_interval
         self.clock = clock
         self.context = context or zmq.Context.instance()
         self.socket: Optional[zmq.Socket] = None
@@ -81,7 +85,8 @@ class Client:
         self.outstanding: set = set()
         self._nonces = itertools.count(1)
         self._heard = 0.0
-        self._pinged = False
+        self._pinged = 0.0
+        self._fetched = False
 
     @property
     def connected(self) -> bool:
@@ -100,12 +105,17 @@ class Client:
         # meets a reconnect aborts the whole process inside libzmq (its issue 3937). What an edit sends is
         # bounded by its steps and the preview rate (one a second), so the queue stays small.
         socket.setsockopt(zmq.RCVHWM, 0)
+        socket.setsockopt(zmq.IPV6, self.address.startswith("tcp://["))
         if self.keys:
             socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self.keys
         socket.connect(self.address)
         self.socket = socket
-        self._heard = self.clock()
-        self._pinged = False
+        self._heard = self._pinged = self.clock()
+        self._fetched = False
+        self.hello()
+
+    def hello(self) -> None:
+        """Say hello; the server answers with a `welcome` (its model, state and queue)."""
         self._send(Hello(client=CLIENT_NAME))
 
     def close(self) -> None:
@@ -146,7 +156,7 @@ class Client:
             except zmq.Again:
                 break
             self._heard = self.clock()
-            self._pinged = False
+            self._fetched = False
             events.extend(self._receive(frames[-1]))
         events.extend(self._check_liveness())
         return events
@@ -161,28 +171,26 @@ class Client:
             return [PluginError("bad_reply", detail=str(exc))]
         if isinstance(message, Welcome):
             self.welcome = message
-        elif isinstance(message, Pong):
-            return []
         elif message.type in ("result", "cancelled", "error"):
             self.outstanding.discard(getattr(message, "id", None))
         return [message]
 
     def _check_liveness(self) -> List[Event]:
-        silent = self.clock() - self._heard
-        if self.welcome is None:
-            if silent > self.timeout:
-                self.close()
-                return [PluginError("cannot_connect", detail=self.address)]
-            return []
-        if not self.outstanding or silent <= self.timeout:
-            return []
-        if not self._pinged:
-            self._pinged = True
-            self._send(Ping(nonce=next(self._nonces)))
-            for request_id in sorted(self.outstanding):  # a restarted server answers unknown_request
-                self._send(Fetch(id=request_id))
-            return []
-        if silent > 2 * self.timeout:
+        now = self.clock()
+        silent = now - self._heard
+        if silent > self.timeout:
+            code = "timeout" if self.welcome is not None else "cannot_connect"
             self.close()
-            return [PluginError("timeout", detail=self.address)]
+            return [PluginError(code, detail=self.address)]
+        if self.welcome is None or silent < self.ping_interval or now - self._pinged < self.ping_interval:
+            return []
+        self._pinged = now
+        try:
+            self._send(Ping(nonce=next(self._nonces)))
+            if not self._fetched:
+                self._fetched = True
+                for request_id in sorted(self.outstanding):  # a restarted server answers unknown_request
+                    self._send(Fetch(id=request_id))
+        except PluginError:  # the send queue is full: the server is not reading, the timeout will tell
+            pass
         return []

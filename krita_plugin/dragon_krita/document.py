@@ -1,35 +1,45 @@
 """Everything that touches Krita's document API: reading inputs, previews and inserting results.
 
 `KritaSource` reads one edit's inputs; `Controller` owns the connection, polls it from a Qt timer (so
-the GUI thread never waits on the network) and puts results into the document as new layers.
+the GUI thread never waits on the network) and puts results into the document as new layers. Previews
+go to the docker, never into the document, so the only undo step an edit makes is adding its result.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from krita import Krita
 
 from . import pixels
 from .client import Client
-from .edit import EditSettings, PreparedEdit, Source, prepare_edit, result_layer
+from .edit import EditSettings, Source, encode_images, gather_edit, result_bands
 from .errors import GUIDE_LAYER_NAME, PluginError
 from .jobs import Host, Job, Jobs, new_request_id
+from .layers import color_name, kind_name, pick_edit_layer
 from .qt import (
+    FORMAT_ARGB,
+    FORMAT_ARGB_PREMULTIPLIED,
     FORMAT_GREY,
     FORMAT_RGBA,
     IGNORE_ASPECT,
     OPEN_WRITE,
     SMOOTH,
+    WHITE,
     QBuffer,
     QByteArray,
     QImage,
+    QPainter,
     QTimer,
 )
-from .region import Rect
+from .region import Rect, preview_crop
 
 POLL_MS = 30
-PREVIEW_LAYER_NAME = "Dragon preview"
+PNG_QUALITY = 80
+"""Qt's PNG "quality" is the inverse of zlib's level: 80 compresses fast (level 1-2), so pressing Edit on
+a big canvas stays quick; the server is usually near, where bytes are cheap."""
 
 
 def encode_png(data: bytes, width: int, height: int, channels: int) -> bytes:
@@ -38,7 +48,7 @@ def encode_png(data: bytes, width: int, height: int, channels: int) -> bytes:
     array = QByteArray()
     buffer = QBuffer(array)
     buffer.open(OPEN_WRITE)
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", PNG_QUALITY)
     buffer.close()
     return bytes(array)
 
@@ -51,6 +61,11 @@ def decode_png(data: bytes, channels: int, size: Optional[Tuple[int, int]] = Non
     if size is not None and (image.width(), image.height()) != size:
         image = image.scaled(size[0], size[1], IGNORE_ASPECT, SMOOTH)
     image = image.convertToFormat(FORMAT_RGBA if channels == 4 else FORMAT_GREY)
+    return image_bytes(image, channels), image.width(), image.height()
+
+
+def image_bytes(image: Any, channels: int) -> bytes:
+    """The rows of a QImage of `channels` bytes per pixel, without line padding."""
     width, height, stride = image.width(), image.height(), image.bytesPerLine()
     bits = image.constBits()
     bits.setsize(stride * height)
@@ -58,7 +73,14 @@ def decode_png(data: bytes, channels: int, size: Optional[Tuple[int, int]] = Non
     row = width * channels
     if stride != row:
         raw = b"".join(raw[y * stride : y * stride + row] for y in range(height))
-    return raw, width, height
+    return raw
+
+
+def decode_result(result: Any) -> Tuple[bytes, bytes]:
+    """A `result` message's R,G,B,A image and its grey blend mask (scaled to the image if it differs)."""
+    rgba, width, height = decode_png(result.image, 4)
+    mask, _, _ = decode_png(result.mask, 1, (width, height))
+    return rgba, mask
 
 
 def active_document() -> Any:
@@ -73,7 +95,7 @@ def check_color(document: Any) -> None:
     """Only 8-bit RGBA documents are supported; refuse others with the way to convert them."""
     model, depth = document.colorModel(), document.colorDepth()
     if (model, depth) != ("RGBA", "U8"):
-        raise PluginError("unsupported_color", detail=f"{model} {depth}")
+        raise PluginError("unsupported_color", detail=color_name(model, depth))
 
 
 def _rect(qrect: Any) -> Rect:
@@ -113,31 +135,53 @@ def guide_layer(document: Any, create: bool = False) -> Any:
     return layer
 
 
-def paint_layers(document: Any) -> List[str]:
-    """Names of the document's paint layers, top first, for the reference chooser."""
-    names: List[str] = []
+def layer_stack(document: Any) -> List[Any]:
+    """Every node of the document, top first, as the Layers docker lists them (children under groups)."""
+    nodes: List[Any] = []
     pending = list(reversed(document.topLevelNodes()))
     while pending:
         node = pending.pop(0)
-        if node.type() == "paintlayer":
-            names.append(node.name())
+        nodes.append(node)
         pending[0:0] = list(reversed(node.childNodes()))
-    return names
+    return nodes
+
+
+def paint_layers(document: Any) -> List[str]:
+    """Names of the document's paint layers, top first, for the reference chooser."""
+    return [node.name() for node in layer_stack(document) if node.type() == "paintlayer"]
+
+
+def _index(nodes: List[Any], node: Any) -> Optional[int]:
+    if node is None:
+        return None
+    return next((i for i, other in enumerate(nodes) if _same(other, node)), None)
+
+
+def edit_layer(document: Any, remembered: Any = None, visible_canvas: bool = False) -> Any:
+    """The paint layer an edit of `document` works on (see `layers.pick_edit_layer`).
+
+    With `visible_canvas` any active layer will do (the result goes above it); else PluginError.
+    """
+    active = document.activeNode()
+    nodes = layer_stack(document)
+    index = pick_edit_layer([(n.type(), n.visible()) for n in nodes], _index(nodes, active), _index(nodes, remembered))
+    if index is not None:
+        return nodes[index]
+    if visible_canvas and active is not None:
+        return active
+    raise PluginError("no_paint_layer", detail="nothing" if active is None else f"a {kind_name(active.type())}")
 
 
 class KritaSource(Source):
     """The inputs of one edit, read from a Krita document."""
 
-    def __init__(self, document: Any, settings: EditSettings):
+    def __init__(self, document: Any, settings: EditSettings, remembered: Any = None):
         check_color(document)
         self.document = document
         self.settings = settings
         self.canvas = Rect(0, 0, document.width(), document.height())
         self.x_res, self.y_res = document.xRes(), document.yRes()
-        self.node = document.activeNode()
-        if self.node is None or (self.node.type() != "paintlayer" and not settings.visible_canvas):
-            kind = "nothing" if self.node is None else f"a {self.node.type()}"
-            raise PluginError("no_paint_layer", detail=kind)
+        self.node = edit_layer(document, remembered, settings.visible_canvas)
         self.source_name = self.node.name()
 
     def guide_svg(self) -> Optional[List[str]]:
@@ -152,9 +196,26 @@ class KritaSource(Source):
         return rect, bytes(selection.pixelData(*rect))
 
     def image_pixels(self, rect: Rect) -> bytes:
-        if self.settings.visible_canvas:
-            return bytes(self.document.pixelData(*rect))
         return bytes(self.node.pixelData(*rect))
+
+    def visible_pixels(self, rect: Rect) -> bytes:
+        """The visible layers but the guides, each drawn with its opacity and normal blending, over white."""
+        image = QImage(rect.width, rect.height, FORMAT_ARGB_PREMULTIPLIED)
+        image.fill(WHITE)
+        painter = QPainter(image)
+        try:
+            for node in self.document.topLevelNodes():  # bottom first
+                guides = (node.type(), node.name()) == ("vectorlayer", GUIDE_LAYER_NAME)
+                if guides or not node.visible() or node.type().endswith("mask"):
+                    continue
+                data = bytes(node.projectionPixelData(*rect))
+                if len(data) != 4 * rect.width * rect.height:
+                    continue
+                painter.setOpacity(node.opacity() / 255)
+                painter.drawImage(0, 0, QImage(data, rect.width, rect.height, 4 * rect.width, FORMAT_ARGB))
+        finally:
+            painter.end()
+        return image_bytes(image.convertToFormat(FORMAT_ARGB), 4)
 
     def _reference_node(self) -> Any:
         node = find_layer(self.document, self.settings.reference)
@@ -178,9 +239,6 @@ class KritaSource(Source):
             return Rect(0, 0, 1, 1), b"\0"
         return rect, pixels.alpha_channel(bytes(node.pixelData(*rect)))
 
-    def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
-        return encode_png(data, width, height, channels)
-
 
 def _same(a: Any, b: Any) -> bool:
     """Krita makes new Python wrappers on every call; compare what they wrap."""
@@ -191,13 +249,22 @@ def _same(a: Any, b: Any) -> bool:
 
 
 class Controller(Host):
-    """The plugin's one connection and job queue; the docker and scripts both use it."""
+    """The plugin's one connection and job queue; the docker and scripts both use it.
+
+    Listeners (the docker, scripts) may implement connection_changed(text, ok), jobs_changed(jobs),
+    job_preview(job, image) and job_finished(job, layer, error).
+    """
 
     def __init__(self) -> None:
         self.settings = {"address": "tcp://127.0.0.1:5555", "server_key": "", "client_key": ""}
         self.jobs = Jobs(self, self._make_client)
         self.listeners: List[Any] = []
         self.status = ("Not connected.", False)
+        self.painted: List[Tuple[Any, Any]] = []
+        """(document, paint layer) the painter was last on, per document."""
+        self.worker = ThreadPoolExecutor(1)  # QImage reads and writes PNGs without holding Python's lock
+        self.background: List[Tuple[Job, Future, Callable[[Any], None]]] = []
+        """(job, work on the worker thread, what the timer does with its outcome)."""
         self.timer = QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -220,36 +287,71 @@ class Controller(Host):
     def connected(self) -> bool:
         return self.jobs.client is not None and self.jobs.client.connected
 
+    def remembered_layer(self, document: Any) -> Any:
+        """The paint layer the painter was last on in `document`, or None."""
+        return next((node for doc, node in self.painted if _same(doc, document)), None)
+
+    def _note_active_layer(self) -> None:
+        document = Krita.instance().activeDocument()
+        node = document.activeNode() if document is not None else None
+        if node is not None and node.type() == "paintlayer":
+            self.painted = [(d, n) for d, n in self.painted if not _same(d, document)] + [(document, node)]
+
     def start_edit(
         self, settings: EditSettings, on_done: Optional[Callable[[Any, Optional[PluginError]], None]] = None
     ) -> Job:
-        """Prepare an edit from the active document and send it; PluginError says what is missing."""
+        """Read an edit from the active document; PluginError says what is missing. Its images are
+        encoded on a worker thread and it is sent from the timer once they are, so Edit never freezes Krita."""
         if not self.connected:
             raise PluginError("not_connected")
         document = active_document()
-        source = KritaSource(document, settings)
-        prepared: PreparedEdit = prepare_edit(settings, source, new_request_id())
-        job = Job(prepared, document, source.node)
-        job.extra.update(on_done=on_done, preview=None)
-        self.jobs.submit(job)
+        source = KritaSource(document, settings, self.remembered_layer(document))
+        job = Job(gather_edit(settings, source, new_request_id()), document, source.node, state="encoding")
+        job.extra.update(on_done=on_done)
+        self._in_background(job, partial(encode_images, job.prepared, encode_png), partial(self._send, job))
         return job
 
+    def _send(self, job: Job, message: Any) -> None:
+        job.prepared.message, job.prepared.raw = message, {}
+        self._check_alive(job)
+        self.jobs.submit(job)
+
+    def _in_background(self, job: Job, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """Run `work()` on the worker thread; `then(outcome)` runs from the timer once it is done."""
+        self.background.append((job, self.worker.submit(work), then))
+
+    def _background_done(self) -> None:
+        for item in [item for item in self.background if item[1].done()]:
+            self.background.remove(item)
+            job, future, then = item
+            try:
+                then(future.result())
+            except PluginError as exc:
+                self.job_failed(job, exc)
+
     def cancel(self) -> None:
+        encoding = [item for item in self.background if item[0].state == "encoding"]
+        for item in encoding:
+            self.background.remove(item)
+            self.job_failed(item[0], PluginError("cancelled"))
         self.jobs.cancel()
 
     def poll(self) -> None:
+        self._note_active_layer()
+        self._background_done()
         self.jobs.poll()
 
     def shutdown(self) -> None:
         """Krita is closing: stop polling and drop the socket without touching documents."""
         self.timer.stop()
+        self.background = []
+        self.worker.shutdown(wait=False)
         self.jobs.drop(lambda job: True)
-        if self.jobs.client is not None:
-            self.jobs.client.close()
-        self.jobs.client = None
+        self.jobs.disconnect()
 
     def _documents_changed(self) -> None:
         open_documents = Krita.instance().documents()
+        self.painted = [(d, n) for d, n in self.painted if any(_same(d, o) for o in open_documents)]
         self.jobs.drop(
             lambda job: not any(_same(job.document, d) for d in open_documents), PluginError("document_closed")
         )
@@ -258,7 +360,9 @@ class Controller(Host):
 
     def _notify(self, method: str, *args: Any) -> None:
         for listener in list(self.listeners):
-            getattr(listener, method)(*args)
+            handler = getattr(listener, method, None)
+            if handler is not None:
+                handler(*args)
 
     def connection_changed(self, text: str, ok: bool) -> None:
         self.status = (text, ok)
@@ -270,78 +374,66 @@ class Controller(Host):
     def _document_open(self, job: Job) -> bool:
         return any(_same(job.document, d) for d in Krita.instance().documents())
 
+    def job_lost(self, job: Job) -> bool:
+        return job.node.parentNode() is None and self._document_open(job)
+
     def _check_alive(self, job: Job) -> None:
         if not self._document_open(job):
             raise PluginError("document_closed")
         if job.node.parentNode() is None:
             raise PluginError("layer_gone")
 
-    def _insert_above(self, job: Job, node: Any) -> None:
-        """Add `node` directly above the edited layer, leaving the user's active layer as it was."""
-        active = job.document.activeNode()
-        job.node.parentNode().addChildNode(node, job.node)
-        keep_active(job.document, active)
-
-    def _remove_preview(self, job: Job) -> None:
-        preview = job.extra.get("preview")
-        job.extra["preview"] = None
-        if preview is not None and preview.parentNode() is not None:
-            preview.remove()
-
     def job_preview(self, job: Job, png: bytes, box: Tuple[int, int, int, int]) -> None:
-        try:
-            self._check_alive(job)
-        except PluginError:
+        image = QImage.fromData(png, "PNG")
+        if image.isNull():
             return
-        x, y, width, height = box
-        region = Rect(job.prepared.region.x + x, job.prepared.region.y + y, width, height)
-        rgba, _, _ = decode_png(png, 4, (width, height))
-        preview = job.extra.get("preview")
-        if preview is None:
-            preview = job.document.createNode(PREVIEW_LAYER_NAME, "paintlayer")
-            preview.setPixelData(pixels.rgba_to_bgra(rgba), *region)
-            preview.setLocked(True)
-            self._insert_above(job, preview)
-            job.extra["preview"] = preview
-        else:
-            preview.setPixelData(pixels.rgba_to_bgra(rgba), *region)
-        job.document.refreshProjection()
+        if job.prepared.focus is not None:
+            crop = preview_crop(job.prepared.focus, job.prepared.region, box, (image.width(), image.height()))
+            image = image.copy(*crop)
+        self._notify("job_preview", job, image)
 
     def job_result(self, job: Job, result: Any) -> None:
-        """Put the result into one new layer directly above the edited layer (one undo step).
+        """Put the result into one new layer directly above the edited layer: made, filled, then added,
+        so adding it is the edit's one undo step, whatever the painter did meanwhile.
 
-        Without a preview the layer is made, filled, then added. With one, the preview layer (whose
-        adding was the undo step) gets the result's pixels in place of the preview's, so one undo
-        still removes everything the edit added.
+        The PNGs are decoded on the worker thread, then the layer is filled a band at a time, one band
+        per turn of Krita's event loop, so a big result never freezes Krita.
         """
         self._check_alive(job)
         if result.image is None or result.mask is None or result.box[2] == 0:
             raise PluginError("nothing_changed")
-        rgba, width, height = decode_png(result.image, 4)
-        mask, _, _ = decode_png(result.mask, 1, (width, height))
-        rect, bgra = result_layer(job.prepared, tuple(result.box), rgba, mask)
-        layer = job.extra.get("preview")
-        job.extra["preview"] = None
-        if layer is not None and layer.parentNode() is not None:
-            region = job.prepared.region
-            layer.setLocked(False)
-            layer.setPixelData(bytes(4 * region.width * region.height), *region)
-            layer.setPixelData(bgra, *rect)
-            layer.setName(job.prepared.layer_name)
-        else:
-            layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
-            layer.setPixelData(bgra, *rect)
-            self._insert_above(job, layer)
-        job.document.refreshProjection()
+        self._in_background(job, partial(decode_result, result), partial(self._land, job, tuple(result.box)))
+
+    def _land(self, job: Job, box: Tuple[int, int, int, int], decoded: Tuple[bytes, bytes]) -> None:
+        bands = result_bands(job.prepared, box, *decoded)
+        layer = job.document.createNode(job.prepared.layer_name, "paintlayer")
+        self._fill(job, layer, bands)
+
+    def _fill(self, job: Job, layer: Any, bands: Iterator[Tuple[Rect, bytes]]) -> None:
+        """Fill `layer` with the next band, or add it above the edited layer when all are in."""
+        try:
+            band = next(bands, None)
+            if band is not None:
+                rect, bgra = band
+                layer.setPixelData(bgra, *rect)
+                QTimer.singleShot(0, lambda: self._fill(job, layer, bands))
+                return
+            self._check_alive(job)
+        except PluginError as exc:
+            self.job_failed(job, exc)
+            return
+        active = job.document.activeNode()
+        job.node.parentNode().addChildNode(layer, job.node)
+        keep_active(job.document, active)
         self._notify("job_finished", job, layer, None)
+        self._notify("jobs_changed", self.jobs.running())
         callback = job.extra.get("on_done")
         if callback:
             callback(layer, None)
 
     def job_failed(self, job: Job, error: PluginError) -> None:
-        if self._document_open(job):  # a closed document's layers are gone with it
-            self._remove_preview(job)
         self._notify("job_finished", job, None, error)
+        self._notify("jobs_changed", self.jobs.running())
         callback = job.extra.get("on_done")
         if callback:
             callback(None, error)

@@ -8,8 +8,8 @@ without Krita.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from dragon_protocol import Edit
 from dragon_protocol import limits as protocol_limits
@@ -23,6 +23,10 @@ MODE_LABELS = ("Move", "Resize", "Drag", "Appearance", "Paste")
 """The docker's modes; Resize is a move with a scale."""
 
 WIRE_MODES = {"Move": "move", "Resize": "move", "Drag": "drag", "Appearance": "appearance", "Paste": "paste"}
+
+Raw = Tuple[bytes, int, int, int]
+"""Pixels to become a PNG: R,G,B,A (channels 4) or grey (channels 1) bytes, width, height, channels."""
+PngWriter = Callable[[bytes, int, int, int], bytes]
 
 
 @dataclass
@@ -41,8 +45,8 @@ class EditSettings:
     """Send the visible canvas instead of the active layer's pixels."""
     reference: str = ""
     """Name of the reference layer (appearance and paste)."""
-    release_guidance: bool = False
-    """Compute guidance as the authors' release does (two gradients; slower) instead of as the paper does."""
+    paper_guidance: bool = False
+    """Guide as the paper does (one pass; faster, experimental) instead of as the authors' release does."""
 
     def check(self) -> None:
         """PluginError(bad_parameter) when a value is outside what the server accepts."""
@@ -88,7 +92,11 @@ class Source(ABC):
 
     @abstractmethod
     def image_pixels(self, rect: Rect) -> bytes:
-        """The edited image's pixels in `rect` (the active layer, or the visible canvas)."""
+        """The edited layer's pixels in `rect`."""
+
+    @abstractmethod
+    def visible_pixels(self, rect: Rect) -> bytes:
+        """What the painter sees in `rect`: the visible layers but the guides, over white (opaque)."""
 
     @abstractmethod
     def reference_pixels(self, rect: Rect) -> bytes:
@@ -98,14 +106,14 @@ class Source(ABC):
     def reference_mask(self) -> Tuple[Rect, bytes]:
         """The reference object: the reference layer's selection mask, or else its alpha."""
 
-    @abstractmethod
-    def encode_png(self, data: bytes, width: int, height: int, channels: int) -> bytes:
-        """PNG of R,G,B,A (channels 4) or grey (channels 1) bytes."""
-
 
 @dataclass
 class PreparedEdit:
-    """An edit ready to send, and what is needed to place its result."""
+    """An edit to send, and what is needed to place its result.
+
+    Its message's images are in `raw` until `encode_images` turns them into PNGs (slow on big
+    regions, so the Krita side does it on a worker thread).
+    """
 
     message: Edit
     region: Rect
@@ -113,6 +121,18 @@ class PreparedEdit:
     arrows: List[Arrow]
     image: bytes
     """The region's R,G,B,A pixels as sent, to unmix the result's soft edges against."""
+    composite: bool = False
+    """True when the visible canvas was sent (asked for, or the layer is transparent in the region)."""
+    focus: Optional[Rect] = None
+    """The part of the document the edit may change, with a small margin: what the live preview shows."""
+    raw: Dict[str, Raw] = field(default_factory=dict)
+    """The message's images not encoded yet: field name -> pixels."""
+
+
+def encode_images(prepared: PreparedEdit, png: PngWriter) -> Edit:
+    """The message with every image of `prepared.raw` encoded by `png`. Reads `prepared` only, so it
+    may run on a worker thread."""
+    return replace(prepared.message, **{name: png(*raw) for name, raw in prepared.raw.items()})
 
 
 def _selection_mask(source: Source) -> Optional[Tuple[Rect, bytes, Rect]]:
@@ -154,13 +174,14 @@ def layer_name(settings: EditSettings, arrows: List[Arrow]) -> str:
     if settings.prompt:
         parts.append(f'"{settings.prompt[:30]}"')
     parts += [f"strength {settings.strength:g}", f"steps {settings.steps}", f"seed {settings.seed}"]
-    if settings.release_guidance:
-        parts.append("release guidance")
+    if settings.paper_guidance:
+        parts.append("paper guidance")
     return f"Dragon {settings.mode} ({', '.join(parts)})"
 
 
-def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
-    """Read the document through `source` and build the `edit` message for `settings`.
+def gather_edit(settings: EditSettings, source: Source, request_id: str) -> PreparedEdit:
+    """Read the document through `source` and build the `edit` message for `settings`, its images
+    still raw (see `encode_images`).
 
     Raises PluginError, worded for the painter, when an input the mode needs is missing.
     """
@@ -191,30 +212,28 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         start = bounding_rect([arrows[0][0]], [arrows[0][1]]) if mode == "paste" else reference_box
         if reference_box.pad(1).intersect(start).is_empty():
             raise PluginError("paste_start", detail=repr(settings.reference))
-    region = edit_region(
-        mode,
-        source.canvas,
-        arrows,
-        mask_box=selection[2] if selection else None,
-        reference_box=reference_box,
-        scale=settings.scale,
-        context=settings.context,
-    )
+    def area(context: float) -> Rect:
+        mask_box = selection[2] if selection else None
+        return edit_region(mode, source.canvas, arrows, mask_box, reference_box, settings.scale, context)
+
+    region = area(settings.context)
     if region.is_empty():
         raise PluginError("no_selection")
-    rgba = pixels.bgra_to_rgba(source.image_pixels(region))
-    if pixels.is_empty(pixels.alpha_channel(rgba)):
-        raise PluginError("empty_layer")
-    png = source.encode_png
-    mask_png = None
+    composite = settings.visible_canvas
+    bgra = b"" if composite else source.image_pixels(region)
+    if not composite:
+        alpha = pixels.alpha_channel(bgra)
+        if pixels.is_empty(alpha):
+            raise PluginError("empty_layer")
+        composite = not pixels.is_opaque(alpha)  # an object on its own layer: edit what the painter sees
+    rgba = pixels.bgra_to_rgba(source.visible_pixels(region) if composite else bgra)
+    raw = {"image": (rgba, region.width, region.height, 4)}
     if selection is not None:
-        mask = pixels.copy_into(selection[1], selection[0], region)
-        mask_png = png(mask, region.width, region.height, 1)
-    reference_png = reference_mask_png = None
+        raw["mask"] = (pixels.copy_into(selection[1], selection[0], region), region.width, region.height, 1)
     if reference_region is not None:
         ref_rgba = pixels.bgra_to_rgba(source.reference_pixels(reference_region))
-        reference_png = png(ref_rgba, reference_region.width, reference_region.height, 4)
-        reference_mask_png = png(reference_data, reference_region.width, reference_region.height, 1)
+        raw["reference"] = (ref_rgba, reference_region.width, reference_region.height, 4)
+        raw["reference_mask"] = (reference_data, reference_region.width, reference_region.height, 1)
     wire_arrows = (
         paste_arrows(arrows, reference_region, region)
         if mode == "paste" and reference_region is not None
@@ -223,11 +242,8 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
     message = Edit(
         id=request_id,
         mode=mode,
-        image=png(rgba, region.width, region.height, 4),
-        mask=mask_png,
+        image=b"",
         arrows=[tuple(a) for a in wire_arrows],
-        reference=reference_png,
-        reference_mask=reference_mask_png,
         prompt=settings.prompt,
         steps=settings.steps,
         seed=settings.seed,
@@ -235,17 +251,24 @@ def prepare_edit(settings: EditSettings, source: Source, request_id: str) -> Pre
         scale=settings.scale,
         context=settings.context,
         preview_interval=1.0 if settings.preview else 0.0,
-        settings={"release_guidance": 1.0} if settings.release_guidance else {},
+        guidance="paper" if settings.paper_guidance else "release",
     )
-    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba)
+    return PreparedEdit(message, region, layer_name(settings, arrows), arrows, rgba, composite, area(0.0), raw)
 
 
-def result_layer(
-    prepared: PreparedEdit, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes
-) -> Tuple[Rect, bytes]:
-    """Where the result goes in the document and its B,G,R,A bytes: unmixed colour, alpha = blend mask.
+BAND_PIXELS = 32768
+"""Pixels per band when a result is turned into layer pixels: small enough that one band never holds
+Krita's GUI thread for long, whatever the size of the result."""
 
-    Drawn over the edited layer, the new layer gives exactly the server's edited picture.
+
+def result_bands(
+    prepared: PreparedEdit, box: Tuple[int, int, int, int], rgba: bytes, mask: bytes, band_pixels: int = BAND_PIXELS
+) -> Iterator[Tuple[Rect, bytes]]:
+    """Where the result goes in the document and its B,G,R,A bytes (unmixed colour, alpha = blend mask),
+    as bands of whole rows of at most about `band_pixels` pixels, computed one band per `next`.
+
+    Drawn over the edited layer, the bands give exactly the server's edited picture. The sizes and the
+    box are checked at once: PluginError(bad_reply) when they do not fit the image sent.
     """
     x, y, width, height = box
     if len(rgba) != width * height * 4 or len(mask) != width * height:
@@ -253,5 +276,14 @@ def result_layer(
     rect = result_rect(prepared.region, x, y, width, height)
     if prepared.region.intersect(rect) != rect:
         raise PluginError("bad_reply", detail=f"result box {box} lies outside the image sent")
-    under = pixels.copy_into(prepared.image, prepared.region, rect, channels=4)
-    return rect, pixels.rgba_to_bgra(pixels.with_alpha(pixels.unblend(rgba, under, mask), mask))
+    rows = max(1, band_pixels // max(width, 1))
+
+    def bands() -> Iterator[Tuple[Rect, bytes]]:
+        for top in range(0, height, rows):
+            band = Rect(rect.x, rect.y + top, width, min(rows, height - top))
+            start, end = top * width, (top + band.height) * width
+            under = pixels.copy_into(prepared.image, prepared.region, band, channels=4)
+            part = pixels.unblend(rgba[4 * start : 4 * end], under, mask[start:end])
+            yield band, pixels.rgba_to_bgra(pixels.with_alpha(part, mask[start:end]))
+
+    return bands()

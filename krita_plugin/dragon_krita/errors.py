@@ -18,7 +18,10 @@ MESSAGES: Dict[str, str] = {
         "DragonDiffusion edits 8-bit RGB/Alpha images; this one is {detail}. Convert it with "
         "Image > Convert Image Color Space (RGB/Alpha, 8-bit integer), or edit a copy."
     ),
-    "no_paint_layer": "Select the paint layer you want to edit (the active layer is {detail}).",
+    "no_paint_layer": (
+        "There is no visible paint layer to edit (the active layer is {detail}); add a paint layer with "
+        "the picture, or tick Use the visible canvas."
+    ),
     "empty_layer": "The layer being edited is empty; pick the layer that holds the picture.",
     "no_selection": "Select the object first (for example with the freehand selection tool), then Edit.",
     "no_guide_layer": (
@@ -37,12 +40,17 @@ MESSAGES: Dict[str, str] = {
     "empty_reference": "The reference layer {detail} is empty; paint or paste the reference object there.",
     "paste_start": "Start the paste arrow on the object in the reference layer {detail}; end it at its new place.",
     "bad_parameter": "{detail}",
-    "not_connected": "Not connected to a DragonDiffusion server; check the address and press Connect.",
+    "not_connected": (
+        "Not connected to a DragonDiffusion server yet; the docker keeps trying the address next to Server "
+        "(press Connect after changing it)."
+    ),
     "cannot_connect": (
-        "Cannot reach the DragonDiffusion server at {detail}. Is `dragon serve` running, and is the address right?"
+        "Cannot reach the DragonDiffusion server at {detail}. Is `dragon serve` running, and is the address "
+        "right? Trying again every few seconds."
     ),
     "timeout": (
-        "The server at {detail} stopped answering. Check that `dragon serve` is still running, then press Connect."
+        "The server at {detail} stopped answering. Is `dragon serve` still running? The plugin reconnects "
+        "by itself when it is back."
     ),
     "bad_address": "{detail} is not a server address; write it like tcp://127.0.0.1:5555.",
     "bad_key": "Cannot use the key file {detail}; choose the .key_secret / .key files `dragon serve` made.",
@@ -62,6 +70,10 @@ MESSAGES: Dict[str, str] = {
     ),
     "server_lost": "The server no longer knows this edit (was it restarted?); press Edit again.",
     "server_busy": "The server is busy with too many edits; wait for one to finish and try again.",
+    "server_shutdown": (
+        "The server shut down before the edit finished. Start `dragon serve` again (the plugin reconnects "
+        "by itself), then press Edit."
+    ),
     "server_error": "The server failed during the edit: {detail}",
     "bad_reply": "The server sent something the plugin does not understand ({detail}); update both.",
 }

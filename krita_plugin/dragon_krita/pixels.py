@@ -113,3 +113,8 @@ def mask_bounds(mask: bytes, width: int, height: int, threshold: int = 0) -> Opt
 def is_empty(mask: bytes) -> bool:
     """True when every byte is 0."""
     return not mask.strip(b"\0")
+
+
+def is_opaque(alpha: bytes) -> bool:
+    """True when every byte is 255."""
+    return not alpha.strip(b"\xff")

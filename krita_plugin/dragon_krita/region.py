@@ -129,3 +129,16 @@ def paste_arrows(arrows: Sequence[Arrow], reference_region: Rect, image_region: 
 def result_rect(region: Rect, offset_x: int, offset_y: int, width: int, height: int) -> Rect:
     """Where a result of `width` x `height` at `offset` inside `region` sits in the document."""
     return Rect(region.x + offset_x, region.y + offset_y, width, height)
+
+
+def preview_crop(focus: Rect, region: Rect, box: Sequence[int], size: Sequence[int]) -> Rect:
+    """The part of a preview image that shows `focus` (document pixels): the preview is `size` (width,
+    height) pixels showing `box` (x, y, width, height, in the pixels of `region`, the area sent). The
+    whole image when they do not overlap."""
+    x, y, width, height = box
+    sx, sy = size[0] / max(width, 1), size[1] / max(height, 1)
+    left, top = math.floor((focus.x - region.x - x) * sx), math.floor((focus.y - region.y - y) * sy)
+    right, bottom = math.ceil((focus.right - region.x - x) * sx), math.ceil((focus.bottom - region.y - y) * sy)
+    whole = Rect(0, 0, size[0], size[1])
+    crop = Rect(left, top, right - left, bottom - top).intersect(whole)
+    return whole if crop.is_empty() else crop

@@ -34,12 +34,6 @@ class _StatusListener:
             controller().listeners.remove(self)
             self.callback(text, ok)
 
-    def jobs_changed(self, jobs: Any) -> None:
-        """Not needed by scripts."""
-
-    def job_finished(self, job: Any, layer: Any, error: Any) -> None:
-        """Not needed by scripts; `edit` takes its own callback."""
-
 
 def connect(
     address: str = "tcp://127.0.0.1:5555",

@@ -18,6 +18,7 @@ BAD_INPUT = "bad_input"
 OUT_OF_MEMORY = "out_of_memory"
 MODEL_UNAVAILABLE = "model_unavailable"
 INTERNAL_ERROR = "internal_error"
+NOT_FINITE = "not_finite"
 
 ERROR_CODES = {
     BAD_MESSAGE: "the bytes are not a msgpack map with integer `v` and string `type`",
@@ -34,6 +35,7 @@ ERROR_CODES = {
     OUT_OF_MEMORY: "the accelerator ran out of memory for this edit; try a smaller working area",
     MODEL_UNAVAILABLE: "the server could not load its model",
     INTERNAL_ERROR: "the server failed unexpectedly on this request; it goes on serving others",
+    NOT_FINITE: "the model's numbers became infinite or NaN (even after a retry in fp32); nothing was returned",
 }
 """Every error code a server sends, with its meaning. Other codes may appear: treat them as failures."""
 

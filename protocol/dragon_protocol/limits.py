@@ -29,6 +29,7 @@ MAX_COORDINATE = 65536.0
 """Arrow coordinates are finite numbers within +-MAX_COORDINATE pixels."""
 
 MODES = ("move", "drag", "appearance", "paste")
+GUIDANCES = ("release", "paper")
 
 STEPS_RANGE = (2, 500)
 SEED_RANGE = (0, 2**63 - 1)

@@ -68,9 +68,9 @@ class _Reader:
     def optional_ident(self, name: str = "id") -> Optional[str]:
         return None if self.obj.get(name) is None else self.ident(name)
 
-    def choice(self, name: str, allowed: Tuple[str, ...]) -> str:
-        value = self._get(name, _REQUIRED)
-        if value not in allowed:
+    def choice(self, name: str, allowed: Tuple[str, ...], default: Any = _REQUIRED) -> str:
+        value = self._get(name, default)
+        if not isinstance(value, str) or value not in allowed:
             raise self.fail(name, f"must be one of {', '.join(allowed)}")
         return value
 
@@ -226,6 +226,7 @@ class Edit(Message):
     context: float = 0.25
     working_area: Optional[int] = None
     settings: Dict[str, float] = field(default_factory=dict)
+    guidance: str = "release"
     preview_interval: float = 0.0
     preview_size: int = 256
 
@@ -270,6 +271,7 @@ class Edit(Message):
             context=r.number("context", limits.CONTEXT_RANGE, 0.25),
             working_area=r.integer("working_area", limits.WORKING_AREA_RANGE, None),
             settings=r.mapping("settings", (int, float), limits.MAX_SETTINGS),
+            guidance=r.choice("guidance", limits.GUIDANCES, "release"),
             preview_interval=r.number("preview_interval", limits.PREVIEW_INTERVAL_RANGE, 0.0),
             preview_size=r.integer("preview_size", limits.PREVIEW_SIZE_RANGE, 256),
         )
@@ -344,6 +346,7 @@ class Result(Message):
     working_size: Tuple[int, int]
     timings: Dict[str, float] = field(default_factory=dict)
     unet_evaluations: Dict[str, int] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
     @classmethod
     def _read(cls, r: _Reader) -> Result:
@@ -356,6 +359,7 @@ class Result(Message):
             working_size=r.ints("working_size", 2),
             timings=r.mapping("timings", (int, float)),
             unet_evaluations=r.mapping("unet_evaluations", (int,)),
+            warnings=r.texts("warnings") if r.obj.get("warnings") is not None else [],
         )
 
 

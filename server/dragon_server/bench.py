@@ -17,13 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from dragon_server.engine import EditRequest, Engine, Mode
+from dragon_server.engine import GUIDANCES, EditRequest, Engine, Mode
 from dragon_server.engine.engine import Economy
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import load_components
@@ -58,40 +58,44 @@ def measure(engine: Engine, request: EditRequest, count_flops: bool) -> Dict[str
     return meter.report()
 
 
-def edits(size: int, steps: int, settings: Dict[str, float]):
+def edits(size: int, steps: int, guidance: str):
     """The benchmark's first edit and repeat edit (same picture, another arrow)."""
     image, mask, c = scene(size)
-    common = dict(mask=mask, steps=steps, working_area=size * size, settings=settings)
+    common = dict(mask=mask, steps=steps, working_area=size * size, guidance=guidance)
     return (EditRequest(Mode.MOVE, image, arrows=[(c[0], c[1], c[0] + 0.25 * size, c[1])], **common),
             EditRequest(Mode.MOVE, image, arrows=[(c[0], c[1], c[0], c[1] + 0.2 * size)], **common))
 
 
 def run_size(components, size: int, steps: int, count_flops: bool, reference_repeat: bool,
-             guidance: str = "paper") -> Dict[str, object]:
-    """Our first and repeat edit with `guidance` (paper or release), and the reference schedule's, which
-    always computes the release's guidance."""
-    first, repeat = edits(size, steps, {"release_guidance": 1} if guidance == "release" else {})
-    reference_first, reference_repeat_edit = edits(size, steps, {"release_guidance": 1})
+             guidances: Sequence[str] = GUIDANCES) -> Dict[str, object]:
+    """Our first and repeat edit with each of `guidances` (release, paper), and the reference schedule's
+    (the release's cost profile: release guidance, no savings)."""
     area = size * size
-    ours = Engine(components, cache_bytes=1 << 40)  # the benchmark measures reuse: keep what it makes
     reference = Engine(components, economy=Economy.reference())
     # Warm up (lazy initialisation, kernel selection) on another picture, outside the figures.
     warm_image, warm_mask, wc = scene(size, seed=1)
     Engine(components, cache_bytes=0).edit(EditRequest(
         Mode.MOVE, warm_image, mask=warm_mask, arrows=[(wc[0], wc[1], wc[0] + 8, wc[1])], steps=2, working_area=area))
-    runs = {
-        "ours_first": measure(ours, first, count_flops),
-        "ours_repeat": measure(ours, repeat, count_flops),
-        "reference_first": measure(reference, reference_first, count_flops),
-    }
+    runs = {}
+    cache_bytes = {}
+    for guidance in guidances:
+        ours = Engine(components, cache_bytes=1 << 40)  # the benchmark measures reuse: keep what it makes
+        first, repeat = edits(size, steps, guidance)
+        runs[f"{guidance}_first"] = measure(ours, first, count_flops)
+        runs[f"{guidance}_repeat"] = measure(ours, repeat, count_flops)
+        cache_bytes[guidance] = ours.cache.nbytes
+    reference_first, reference_repeat_edit = edits(size, steps, "release")
+    runs["reference_first"] = measure(reference, reference_first, count_flops)
     runs["reference_repeat"] = (measure(reference, reference_repeat_edit, count_flops) if reference_repeat
                                 else runs["reference_first"])
-    ratios = {}
-    for kind in ("first", "repeat"):
-        ours_total, ref_total = runs[f"ours_{kind}"]["total"], runs[f"reference_{kind}"]["total"]
-        ratios[kind] = {key: ours_total.get(key, 0) / ref_total[key] for key in ("seconds", "flops", "peak_bytes")
-                        if ref_total.get(key)}
-    return {"guidance": guidance, "runs": runs, "ratios": ratios, "cache_bytes": ours.cache.nbytes,
+    ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for guidance in guidances:
+        ratios[guidance] = {}
+        for kind in ("first", "repeat"):
+            ours_total, ref_total = runs[f"{guidance}_{kind}"]["total"], runs[f"reference_{kind}"]["total"]
+            ratios[guidance][kind] = {key: ours_total.get(key, 0) / ref_total[key]
+                                      for key in ("seconds", "flops", "peak_bytes") if ref_total.get(key)}
+    return {"guidances": list(guidances), "runs": runs, "ratios": ratios, "cache_bytes": cache_bytes,
             "reference_repeat_measured": reference_repeat}
 
 
@@ -172,35 +176,15 @@ def print_table(size: int, result: Dict[str, object]) -> None:
             out.write(f"{run:18} {stage:16} {f.get('seconds', 0):9.2f} {f.get('flops', 0) / 1e9:11.1f} "
                       f"{int(f.get('forward', 0)):5d} {int(f.get('features', 0)):5d} {int(f.get('backward', 0)):5d} "
                       f"{peak}\n")
-    for kind, r in result["ratios"].items():
-        parts = ", ".join(f"{k.replace('_bytes', '')} {v:.2f}x" for k, v in r.items())
-        out.write(f"{kind} edit / reference: {parts}\n")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure the cost of edits against the release's cost profile",
-                       description=__doc__)
-    add_arguments(p)
-    p.set_defaults(run=run)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="sd15-random", help="tiny, sd15-random (default) or a real model")
-    p.add_argument("--sizes", default="512,768", help="comma-separated square sizes in pixels")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (it slows small models)")
-    p.add_argument("--guidance", choices=["paper", "release"], default="paper",
-                   help="how our edits compute guidance (default: paper); the reference always uses the release's")
-    p.add_argument("--reference-once", action="store_true",
-                   help="run the reference schedule once: it has no reuse, so its repeat costs the same")
-    p.add_argument("--protocol", type=int, metavar="SIZE",
-                   help="instead, measure what a server on loopback adds to a tiny-model edit of a SIZE^2 image")
-    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    for guidance, by_kind in result["ratios"].items():
+        for kind, r in by_kind.items():
+            parts = ", ".join(f"{k.replace('_bytes', '')} {v:.2f}x" for k, v in r.items())
+            out.write(f"{kind} edit / reference, {guidance} guidance: {parts}\n")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure what `args` asks for; `args` as checked by `dragon_server.commands.bench.check`, with the
+    thread count set."""
     from dragon_server.engine.request import EditError
 
     if args.protocol:
@@ -216,24 +200,20 @@ def run(args: argparse.Namespace) -> int:
                 json.dump({"protocol": figures}, f, indent=1)
         return 0
     try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        sys.stderr.write(f"dragon bench: error: --sizes {args.sizes} must be numbers like 512,768\n")
-        return 2
-    try:
         components = load_components(args.model, args.device, args.dtype)
     except EditError as exc:
         sys.stderr.write(f"dragon bench: error: {exc}\n")
         return 2
+    guidances = list(GUIDANCES) if args.guidance == "both" else [args.guidance]
     report: Dict[str, object] = {
         "model": args.model, "device": str(components.device), "dtype": str(components.dtype).replace("torch.", ""),
-        "steps": args.steps, "guidance": args.guidance, "machine": machine(components.device), "sizes": {},
+        "steps": args.steps, "guidances": guidances, "machine": machine(components.device), "sizes": {},
     }
     sys.stdout.write(f"dragon bench: {args.model} on {components.device} "
                      f"({report['machine'].get('gpu', platform.processor() or 'CPU')}), {report['dtype']}, "
-                     f"{args.steps} steps, {args.guidance} guidance against the reference\n")
-    for size in sizes:
-        result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once, args.guidance)
+                     f"{args.steps} steps, {' and '.join(guidances)} guidance against the reference\n")
+    for size in args.sizes:
+        result = run_size(components, size, args.steps, not args.no_flops, not args.reference_once, guidances)
         report["sizes"][str(size)] = result
         print_table(size, result)
         sys.stdout.flush()
@@ -244,9 +224,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from dragon_server.commands import bench as command
+
     p = argparse.ArgumentParser(prog="python -m dragon_server.bench", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    command.add_arguments(p)
+    return command.run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The plugin (`dragon_krita`) and the protocol package are copied into the pykrita folder; pyzmq and
 msgpack come from Krita's own Python when it has them, else from wheels for that Python's version and
 platform, unpacked into the plugin's `deps/` folder. A zip for Krita's "Import Python Plugin from
-File" is written too.
+File" is written too. Flatpak Krita (org.kde.krita) keeps its folders under ~/.var/app and its own
+Python: it is used when it is the only Krita found, or with --flatpak.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ Comment=Move, resize, drag and restyle objects with DragonDiffusion: select, dra
 """
 """The plugin's .desktop file (krita_plugin/dragon_krita.desktop in the repository holds the same)."""
 
+FLATPAK_ID = "org.kde.krita"
+FLATPAK_PYTHON = ("flatpak", "run", "--command=python3", FLATPAK_ID)
+"""The Python inside Flatpak Krita, run from outside."""
+
 WHEELS = ("pyzmq", "msgpack")
 IMPORTS = "import zmq, msgpack"
 
@@ -51,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pykrita", metavar="DIR", help="pykrita folder (default: this system's Krita user folder)")
     p.add_argument("--kritarc", metavar="FILE", help="kritarc to enable the plugin in (default: this system's)")
+    p.add_argument("--flatpak", action="store_true",
+                   help=f"install into Flatpak Krita ({FLATPAK_ID}, under ~/.var/app); the default when it is "
+                        "the only Krita found")
     p.add_argument("--krita-python", metavar="X.Y",
                    help="Python version inside Krita, when it cannot be detected (the docker shows it)")
     p.add_argument("--zip", metavar="FILE", help="where to write the plugin zip (default: next to the pykrita folder)")
@@ -77,6 +85,22 @@ def default_kritarc(system: str = sys.platform, env: Optional[dict] = None) -> P
     if system == "darwin":
         return home / "Library" / "Preferences" / "kritarc"
     return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kritarc"
+
+
+def flatpak_folders(env: Optional[dict] = None) -> tuple:
+    """(pykrita folder, kritarc) of Flatpak Krita, which keeps its files under ~/.var/app/org.kde.krita."""
+    env = os.environ if env is None else env
+    root = Path(env.get("HOME") or Path.home()) / ".var" / "app" / FLATPAK_ID
+    return root / "data" / "krita" / "pykrita", root / "config" / "kritarc"
+
+
+def krita_installs(env: Optional[dict] = None, system: str = sys.platform) -> tuple:
+    """(native Krita found, Flatpak Krita found) on Linux: a `krita` program or its user folder, and the
+    Flatpak's folder under ~/.var/app."""
+    if system != "linux":
+        return True, False
+    native = shutil.which("krita") is not None or default_pykrita(system, env).parent.is_dir()
+    return native, flatpak_folders(env)[0].parents[2].is_dir()
 
 
 def enable_in_kritarc(text: str, plugin: str = PLUGIN) -> str:
@@ -122,8 +146,11 @@ def check_version(text: str) -> str:
     return text
 
 
-def detect_krita_python() -> Optional[str]:
-    """The Python Krita uses, as a path (Linux packages: the system python3) or 'X.Y'; None if unknown."""
+def detect_krita_python(flatpak: bool = False) -> Optional[object]:
+    """The Python Krita uses: a command to run it (Linux packages: the system python3; Flatpak: the
+    Flatpak's own), or 'X.Y'; None if unknown."""
+    if flatpak:
+        return list(FLATPAK_PYTHON) if shutil.which("flatpak") else None
     if sys.platform == "win32":
         base = os.environ.get("ProgramFiles", r"C:\Program Files")
         for dll in glob.glob(os.path.join(base, "Krita*", "bin", "python3*.dll")):
@@ -136,14 +163,14 @@ def detect_krita_python() -> Optional[str]:
         return os.path.basename(sorted(found)[-1]) if found else None
     krita = shutil.which("krita")
     if krita and os.path.realpath(krita).startswith("/usr/") and os.path.exists("/usr/bin/python3"):
-        return "/usr/bin/python3"
+        return ["/usr/bin/python3"]
     return None
 
 
-def python_status(python: str) -> tuple:
-    """('X.Y', can import pyzmq and msgpack) for a Python executable."""
+def python_status(*command: str) -> tuple:
+    """('X.Y', can import pyzmq and msgpack) for the Python that `command` runs."""
     code = f"import sys; print('%d.%d' % sys.version_info[:2]); {IMPORTS}"
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*command, "-c", code], capture_output=True, text=True, timeout=120)
     version = done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
     return version, done.returncode == 0
 
@@ -198,9 +225,16 @@ def write_zip(pykrita: Path, path: Path) -> None:
 
 def install(args: argparse.Namespace) -> List[str]:
     """Do the installation; return the report lines (warnings included)."""
-    pykrita = Path(args.pykrita).expanduser() if args.pykrita else default_pykrita()
-    kritarc = Path(args.kritarc).expanduser() if args.kritarc else default_kritarc()
     report = []
+    native, flatpak_found = krita_installs()
+    flatpak = args.flatpak or (flatpak_found and not native and not (args.pykrita or args.kritarc))
+    pykrita, kritarc = flatpak_folders() if flatpak else (default_pykrita(), default_kritarc())
+    pykrita = Path(args.pykrita).expanduser() if args.pykrita else pykrita
+    kritarc = Path(args.kritarc).expanduser() if args.kritarc else kritarc
+    if flatpak:
+        report.append(f"installing into Flatpak Krita ({FLATPAK_ID})")
+    elif flatpak_found and not (args.pykrita or args.kritarc):
+        report.append("note: Flatpak Krita is installed too; to install there as well: dragon install-plugin --flatpak")
     target = copy_plugin(pykrita)
     report.append(f"plugin installed in {target}")
     kritarc.parent.mkdir(parents=True, exist_ok=True)
@@ -209,12 +243,15 @@ def install(args: argparse.Namespace) -> List[str]:
     report.append(f"enabled in {kritarc}")
     version = check_version(args.krita_python) if args.krita_python else None
     if version is None:
-        detected = detect_krita_python()
-        if detected and os.path.sep in detected:
-            version, ok = python_status(detected)
+        detected = detect_krita_python(flatpak)
+        if isinstance(detected, list):
+            version, ok = python_status(*detected)
             if ok:
-                report.append(f"Krita's Python ({detected}, {version}) already has pyzmq and msgpack")
+                report.append(f"Krita's Python ({' '.join(detected)}, {version}) already has pyzmq and msgpack")
                 version = None
+            elif not version:
+                raise InstallError(f"could not run Krita's Python ({' '.join(detected)}): give its version with "
+                                   "--krita-python X.Y (the DragonDiffusion docker shows it)")
         elif detected:
             version = detected
         else:

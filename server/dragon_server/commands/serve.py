@@ -8,9 +8,11 @@ import os
 import sys
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
+from dragon_server.numbers import plain
 from dragon_server.serve import keys
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
 from dragon_server.serve.link import DEFAULT_SERVER
+from dragon_server.threads import ThreadsError, add_threads_argument, use_threads
 
 log = logging.getLogger("dragon.server")
 
@@ -57,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-wait", type=float, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C or SIGTERM, how long to wait for the running edit to stop before leaving it "
                    "behind and exiting with status 3 (default 30)")
+    add_threads_argument(p)
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
 
@@ -71,15 +74,24 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         binds = _endpoints(args)
-    except (EndpointError, keys.KeyFileError) as error:
+        threads = use_threads(args.threads)
+    except (EndpointError, keys.KeyFileError, ThreadsError) as error:
         return _fail(str(error), 2)
-    from dragon_server.serve.faults import Faults, FaultSpecError  # imports torch: only when serving
+    from dragon_server.engine.models import pick_device  # imports torch: only when serving
+    from dragon_server.engine.request import ModelError
+    from dragon_server.serve.faults import Faults, FaultSpecError
     from dragon_server.serve.server import BindError, Server, ServerConfig
+
+    try:
+        pick_device(args.device)
+    except ModelError as error:
+        return _fail(str(error), 2)
 
     try:
         faults = Faults.from_environment()
     except FaultSpecError as error:
         return _fail(str(error), 2)
+    log.info("using %d CPU thread%s for the model's math (--threads)", threads, "" if threads == 1 else "s")
     if faults:
         log.warning("WARNING: test-only fault injection is on (DRAGON_TEST_FAULTS): %s", faults)
 
@@ -120,14 +132,18 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    share = args.queue if args.client_share is None else args.client_share
-    counts = (args.queue, args.keep_results_mb, args.max_message_mb, share, args.max_connections)
-    if min(counts) < 1 or not args.max_work >= 1 or not args.keep_results >= 0 or not 0 <= args.stop_wait <= 3600:
-        raise EndpointError(
-            "--queue, --client-share, --max-work, --max-connections, --keep-results-mb and --max-message-mb "
-            "must be at least 1, "
-            "--keep-results at least 0, --stop-wait from 0 to 3600"
-        )
+    for name in ("queue", "keep_results_mb", "max_message_mb", "client_share", "max_connections"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise EndpointError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 1 <= args.max_work < float("inf"):
+        raise EndpointError(f"--max-work must be a number of at least 1, got {plain(args.max_work)}")
+    if not 0 <= args.stop_wait <= 3600:
+        raise EndpointError(f"--stop-wait must be from 0 to 3600 seconds, got {plain(args.stop_wait)}")
+    for name in ("keep_results", "cache_mb"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise EndpointError(f"--{name.replace('_', '-')} must be a number of at least 0, got {plain(value)}")
     if args.keys is not None:
         keys.load_secret(args.keys)
         keys.load_allowed_keys(args.allowed_clients)

@@ -20,13 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the server's welcome; exit 1 with one line when it cannot be reached."""
+    """Print the server's welcome; exit 1 with one line when it cannot be reached, 2 for a malformed
+    address."""
     try:
         with ServerLink(args.server, args.server_key, args.client_key) as link:
             welcome = link.hello(args.timeout)
     except LinkError as error:
         sys.stderr.write(f"dragon status: error: {error}\n")
-        return 1
+        return 2 if error.code == "bad_address" else 1
     limits = welcome.limits
     print(f"server:   {welcome.server} at {args.server} (protocol {welcome.protocol})")
     print(f"state:    {welcome.state}")

@@ -1,7 +1,12 @@
-"""The DragonDiffusion engine: load a model once, then `edit(request, progress=..., cancel=...)`."""
+"""The DragonDiffusion engine: load a model once, then `edit(request, progress=..., cancel=...)`.
 
-from dragon_server.engine.engine import Engine
+`Engine` and `MethodSettings` are imported on first use, so that the request types (and the `dragon`
+commands that only need them) load without PyTorch."""
+
+from typing import Any
+
 from dragon_server.engine.request import (
+    GUIDANCES,
     EditCancelled,
     EditError,
     EditRequest,
@@ -11,9 +16,18 @@ from dragon_server.engine.request import (
     ModelError,
     ProgressEvent,
 )
-from dragon_server.engine.settings import MethodSettings
+
+_LAZY = {"Engine": "dragon_server.engine.engine", "MethodSettings": "dragon_server.engine.settings"}
 
 __all__ = [
     "Engine", "EditRequest", "EditResult", "EditError", "InputError", "ModelError", "EditCancelled",
-    "Mode", "ProgressEvent", "MethodSettings",
+    "Mode", "ProgressEvent", "MethodSettings", "GUIDANCES",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

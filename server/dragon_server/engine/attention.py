@@ -96,12 +96,16 @@ class CrossBranchAttention:
                     transformer.attn1.set_processor(_BranchProcessor(self, f"up{b}.{a}.{t}"))
 
     @contextlib.contextmanager
-    def _acting(self, action: _Action) -> Iterator[None]:
-        self.action = action
+    def _acting(self, action: Optional[_Action]) -> Iterator[None]:
+        outer, self.action = self.action, action
         try:
             yield
         finally:
-            self.action = None
+            self.action = outer
+
+    def plain(self):
+        """Plain self-attention, whatever an enclosing context set (the guidance branch's own passes)."""
+        return self._acting(None)
 
     def recording(self, bank: MemoryBank, step: int):
         """Store this pass's keys and values into `bank` under `step`."""

@@ -21,11 +21,13 @@ class Timeline:
     """The timesteps of an n-step sampling run (noisiest first) and their cumulative alphas.
 
     `alphas[i]` belongs to step i's input and `alphas_next[i]` to its output (the next, less noisy
-    level; after the last step, the scheduler's final alpha)."""
+    level; after the last step, the scheduler's final alpha); `timesteps_next[i]` is the timestep of
+    that output level (0 after the last step)."""
 
     timesteps: torch.Tensor
     alphas: List[float]
     alphas_next: List[float]
+    timesteps_next: torch.Tensor
 
     @classmethod
     def build(cls, scheduler: DDIMScheduler, steps: int, device: torch.device) -> Timeline:
@@ -34,7 +36,7 @@ class Timeline:
         cum = scheduler.alphas_cumprod
         final = float(scheduler.final_alpha_cumprod)
         alphas = [float(cum[t]) for t in ts]
-        return cls(ts.to(device), alphas, alphas[1:] + [final])
+        return cls(ts.to(device), alphas, alphas[1:] + [final], torch.cat([ts[1:], ts.new_zeros(1)]).to(device))
 
     def __len__(self) -> int:
         return len(self.alphas)

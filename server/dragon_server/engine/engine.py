@@ -97,7 +97,7 @@ class Engine:
         returns True the edit stops within one step with EditCancelled. Bad input raises InputError."""
         clock = _Clock(self.components.device)
         request = check_request(request)
-        settings = MethodSettings.for_mode(request.mode, request.settings)
+        settings = MethodSettings.for_mode(request.mode, request.settings, request.guidance)
         schedule = Schedule.build(settings, request.steps)
         plan = plan_pixels(request, request.working_area or self.components.default_area)
         runner = self.runner
@@ -150,7 +150,7 @@ class Engine:
         clock.lap("blend")
         x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
         return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
-                          plan.frame.size)
+                          plan.frame.size, runner.prompt_warnings(request.prompt))
 
     def _source(self, crop: Image.Image, request: EditRequest, text: torch.Tensor, timeline: Timeline,
                 schedule: Schedule, stage: str, report) -> SourceState:

@@ -19,8 +19,10 @@ Tick = Callable[[int, int], None]
 
 @dataclass
 class SourceState:
-    """A source image inverted: `trajectory[i]` is its latent at step i's noise level (what the
-    guidance branch would denoise from), `bank` its decoder self-attention keys and values."""
+    """A source image inverted: `trajectory[i]` is its latent (1, 4, h, w), fp32, at step i's noise level
+    (what the guidance branch would denoise from), `bank` its decoder self-attention keys and values.
+    Nothing in it depends on the edit: the guidance features are the guidance branch's own, computed
+    with plain self-attention whatever edit asks for them, so a cache may hand it to any later edit."""
 
     latent: torch.Tensor
     trajectory: List[torch.Tensor]
@@ -37,10 +39,10 @@ class SourceState:
         return self.trajectory[0]
 
     def features_at(self, runner: Runner, step: int) -> List[torch.Tensor]:
-        """Guidance-branch features at `step`, computed once."""
+        """Guidance-branch features at `step` (model dtype, one per feature layer), computed once."""
         if step in self.features:
             return self.features[step]
-        with runner.stage("source_features"), torch.no_grad():
+        with runner.stage("source_features"), torch.no_grad(), runner.attention.plain():
             features = runner.features(self.trajectory[step], self.timeline.timesteps[step], self.text)
         if self.memoize:
             self.features[step] = features
@@ -54,9 +56,9 @@ class SourceState:
 
 def invert(runner: Runner, latent: torch.Tensor, text: torch.Tensor, timeline: Timeline,
            bank_steps: FrozenSet[int], tick: Tick, bank: MemoryBank) -> SourceState:
-    """Invert `latent` step by step from clean to z_T, recording the memory bank at `bank_steps`.
-    `tick(done, total)` runs after every step (progress, cancellation)."""
-    bank = MemoryBank()
+    """Invert `latent` step by step from clean to z_T (DDIM, in fp32), recording the memory bank into
+    `bank` (empty) at `bank_steps`. `tick(done, total)` runs after every step (progress, cancellation)."""
+    latent = latent.float()
     trajectory: List[torch.Tensor] = [latent] * len(timeline)
     z = latent
     for done, i in enumerate(reversed(range(len(timeline))), 1):

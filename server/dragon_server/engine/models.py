@@ -3,10 +3,13 @@ in-process with random weights (`tiny`, `sd15-random`) so that every code path r
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import pickle
 import struct
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MODEL_ALIASES = {"sd15": DEFAULT_MODEL}
 RANDOM_MODELS = ("tiny", "sd15-random")
+WEIGHTED_PARTS = ("unet", "vae", "text_encoder")
+"""The parts of a diffusers folder that hold weights."""
 
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -32,6 +37,9 @@ SD15_SCHEDULER = dict(
     set_alpha_to_one=False,
     steps_offset=1,
 )
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+"""What a model's UNet may predict (its scheduler's `prediction_type`); `Runner.as_noise` turns each
+into the noise that DDIM works on."""
 SD1_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 
 
@@ -52,7 +60,8 @@ class Components:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU for `auto`; otherwise the named device, checked."""
+    """CUDA, then Apple MPS, then CPU for `auto`; otherwise the named device, checked: a device this
+    PyTorch cannot use (not built in, no such hardware, an index past the last one) raises ModelError."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -61,13 +70,32 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, TypeError):
         raise ModelError(f"unknown device '{device}': use auto, cuda, cuda:N, mps or cpu") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("CUDA was asked for but this PyTorch sees no CUDA GPU: use --device cpu or auto")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError("MPS was asked for but is not available here: use --device cpu or auto")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        if dev.type == "cuda":
+            raise ModelError("CUDA was asked for but this PyTorch sees no CUDA GPU: use --device cpu or auto")
+        if dev.type == "mps":
+            raise ModelError("MPS was asked for but is not available here: use --device cpu or auto")
+        raise ModelError(f"{dev.type.upper()} was asked for but this PyTorch cannot use it here: "
+                         "use --device cpu or auto")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise ModelError(f"{device} was asked for but this PyTorch sees {count()} {dev.type.upper()} device(s), "
+                         f"numbered from 0: use --device {dev.type}:0 or auto")
     return dev
+
+
+def default_area(sample_size) -> int:
+    """The default working area (pixels) of a UNet whose latents are `sample_size` cells wide: the
+    release's 768^2 for SD 1.x (1.5 times its 512 px training size: 64 latent cells of 8 px), scaled with
+    the latent size for other models. `sample_size` is the UNet config's (an int, or a pair)."""
+    side = 12 * int(sample_size if isinstance(sample_size, int) else max(sample_size))
+    return side * side
 
 
 def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype:
@@ -139,25 +167,48 @@ def check_sd1(config: dict, where: str) -> None:
         )
 
 
+def safetensors_header(path: str) -> dict:
+    """The JSON header of a .safetensors file, checked against the file's length: a file shorter than
+    its header says (an interrupted download) raises ModelError calling it damaged."""
+    size_on_disk = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ModelError(f"{path} is not a safetensors file (it is too short): download it again")
+        (size,) = struct.unpack("<Q", raw)
+        if size > 100_000_000 or 8 + size > size_on_disk:
+            raise ModelError(f"{path} is damaged (its header is cut off or malformed): download it again")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            raise ModelError(f"{path} is damaged (its header is malformed): download it again") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path} is damaged (its header is malformed): download it again")
+    ends = [v["data_offsets"][1] for v in header.values() if isinstance(v, dict) and "data_offsets" in v]
+    expected = 8 + size + max(ends, default=0)
+    if size_on_disk < expected:
+        raise ModelError(f"{path} is damaged: it has {size_on_disk} bytes of the {expected} its header describes "
+                         "(an interrupted download?): download it again")
+    return header
+
+
 def _checkpoint_keys(path: str) -> dict:
-    """Tensor names and shapes of a .safetensors (from its header) or .ckpt file, without loading it all."""
+    """Tensor names and shapes of a .safetensors (from its header) or .ckpt file (zip or legacy format),
+    without loading it all."""
     if path.endswith(".safetensors"):
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ModelError(f"{path} is not a safetensors file (it is too short)")
-            (size,) = struct.unpack("<Q", raw)
-            if size > 100_000_000:
-                raise ModelError(f"{path} is not a safetensors file (its header is malformed)")
-            try:
-                header = json.loads(f.read(size))
-            except ValueError:
-                raise ModelError(f"{path} is not a safetensors file (its header is malformed)") from None
+        header = safetensors_header(path)
         return {k: v.get("shape") for k, v in header.items() if isinstance(v, dict)}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises many types for foreign files
-        raise ModelError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise ModelError(f"{path} holds Python objects besides its weights, which are not run for safety: "
+                             "convert it to .safetensors with a trusted tool, or use a .safetensors "
+                             "version of the model") from None
+        raise ModelError(f"{path} is not a readable checkpoint (it may be damaged): download it again") from None
+    except Exception as exc:  # torch raises many types for foreign or cut-off files
+        raise ModelError(f"{path} is not a readable checkpoint ({type(exc).__name__}; it may be damaged): "
+                         "download it again") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else {}
     return {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
@@ -183,7 +234,14 @@ def _download(repo: str, variant: Optional[str]) -> str:
         f"unet/*{suffix}", f"vae/*{suffix}", f"text_encoder/*{suffix}",
     ]
     try:
-        return snapshot_download(repo, allow_patterns=patterns)
+        folder = snapshot_download(repo, allow_patterns=patterns)
+        # A part without the variant's files (or without safetensors at all) gets its plain weights.
+        for extension in ("safetensors", "bin"):
+            missing = [part for part in WEIGHTED_PARTS if not glob.glob(os.path.join(folder, part, "*.safetensors"))
+                       and not glob.glob(os.path.join(folder, part, "*.bin"))]
+            if missing:
+                folder = snapshot_download(repo, allow_patterns=[f"{part}/*.{extension}" for part in missing])
+        return folder
     except LocalEntryNotFoundError:
         raise ModelError(
             f"cannot download {repo}: this machine is offline and it is not in the cache; "
@@ -198,20 +256,45 @@ def _download(repo: str, variant: Optional[str]) -> str:
         ) from None
 
 
+def _weights_variant(folder: str, part: str, wanted: Optional[str]) -> Optional[str]:
+    """The weights variant to load for `part` of a diffusers folder: `wanted` (fp16 on GPUs) when the
+    part has it, else the plain weights, else the variant it has (fp16-only folders load on any dtype).
+    Every .safetensors file is checked for damage; a part without weights raises ModelError."""
+    where = os.path.join(folder, part)
+    files = sorted(os.listdir(where)) if os.path.isdir(where) else []
+    weights = [f for f in files if f.endswith((".safetensors", ".bin"))]
+    if not weights:
+        raise ModelError(f"{where} holds no weights (*.safetensors or *.bin): the model folder is incomplete; "
+                         "download it again")
+    for name in weights:
+        if name.endswith(".safetensors"):
+            safetensors_header(os.path.join(where, name))
+    variants = {name.split(".")[1].split("-")[0] for name in weights if name.count(".") >= 2}
+    if wanted in variants:
+        return wanted
+    if any(name.count(".") == 1 for name in weights):
+        return None
+    return sorted(variants)[0]
+
+
 def _from_folder(folder: str, dtype: torch.dtype, variant: Optional[str]) -> tuple:
     if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
-        raise ModelError(f"{folder} is not a diffusers model folder (no unet/config.json)")
+        raise ModelError(f"{folder} is not a diffusers model folder (no unet/config.json): give the folder that "
+                         "holds model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/")
     check_sd1(dict(UNet2DConditionModel.load_config(folder, subfolder="unet")), folder)
-    kw = dict(torch_dtype=dtype)
-    if variant and any(f.endswith(f".{variant}.safetensors") for f in os.listdir(os.path.join(folder, "unet"))):
-        kw["variant"] = variant
     loaders = [
-        (UNet2DConditionModel, "unet", kw), (AutoencoderKL, "vae", kw), (CLIPTextModel, "text_encoder", kw),
-        (CLIPTokenizer, "tokenizer", {}), (DDIMScheduler, "scheduler", {}),
+        (UNet2DConditionModel, "unet", True), (AutoencoderKL, "vae", True), (CLIPTextModel, "text_encoder", True),
+        (CLIPTokenizer, "tokenizer", False), (DDIMScheduler, "scheduler", False),
     ]
+    kwargs = [dict(torch_dtype=dtype, variant=_weights_variant(folder, sub, variant)) if weighted else {}
+              for _, sub, weighted in loaders]
     parts = []
-    for cls, sub, extra in tqdm(loaders, desc="loading model", unit="part", leave=False):
-        parts.append(cls.from_pretrained(folder, subfolder=sub, **extra))
+    for (cls, sub, _), kw in tqdm(list(zip(loaders, kwargs)), desc="loading model", unit="part", leave=False):
+        try:
+            parts.append(cls.from_pretrained(folder, subfolder=sub, **kw))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load {os.path.join(folder, sub)} ({str(exc).splitlines()[0][:200]}): "
+                             "download the model again") from None
     return tuple(parts)
 
 
@@ -244,19 +327,15 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
     name = MODEL_ALIASES.get(model, model)
     if name in RANDOM_MODELS:
         parts = build_random(name)
-        area = 128 * 128 if name == "tiny" else 768 * 768
     elif os.path.isdir(name):
         parts = _from_folder(name, dt, variant)
-        area = 768 * 768
     elif name.endswith((".safetensors", ".ckpt")):
         if not os.path.isfile(name):
             raise ModelError(f"checkpoint {name} does not exist: give the path of a .safetensors or .ckpt file")
         parts = _from_single_file(name, dt)
-        area = 768 * 768
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         log.info("loading %s (downloaded on first use, then cached)", name)
         parts = _from_folder(_download(name, variant), dt, variant)
-        area = 768 * 768
     elif name.startswith((".", "/", "~")) or os.path.sep in name:
         raise ModelError(f"model {name} does not exist: give a diffusers model folder or a .safetensors/.ckpt file")
     else:
@@ -265,10 +344,17 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
             "a diffusers folder or a .safetensors/.ckpt file"
         )
     unet, vae, text_encoder, tokenizer, scheduler = parts
+    area = 128 * 128 if name == "tiny" else default_area(unet.config.sample_size)
     for module in (unet, vae, text_encoder):
         module.to(device=dev).eval().requires_grad_(False)
         if module.dtype != dt:
             module.to(dtype=dt)
     if name not in RANDOM_MODELS:
         check_sd1(dict(unet.config), name)
+    prediction = scheduler.config.prediction_type
+    if prediction not in PREDICTION_TYPES:
+        raise ModelError(f"{name}: its scheduler predicts '{prediction}', which this engine cannot sample: "
+                         f"use a model whose scheduler's prediction_type is one of {', '.join(PREDICTION_TYPES)}")
+    if prediction != "epsilon":
+        log.info("%s predicts %s: its predictions are turned into noise for DDIM", name, prediction)
     return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area)

@@ -88,10 +88,11 @@ def plan_pixels(request: EditRequest, area: int) -> PixelPlan:
 
     frame = region_of_interest(edit, width, height, area, request.context)
     if request.mode == Mode.PASTE:
-        # The reference crop is the image's crop moved back along the arrow, so both line up.
-        fx0, fy0, fx1, fy1 = frame.box
-        ox, oy = int(round(x0 - x1)), int(round(y0 - y1))
-        ref_frame = Frame((fx0 + ox, fy0 + oy, fx1 + ox, fy1 + oy), frame.size)
+        # The reference crop is what the placement puts onto the image's crop, scaled to the same working
+        # size: the reference is resized by the paste's scale before it is inverted (as the release
+        # does), and its features and z_T line up with the image's cell for cell.
+        rx0, ry0, rx1, ry1 = placement.inverse().box(frame.box)
+        ref_frame = Frame((int(round(rx0)), int(round(ry0)), int(round(rx1)), int(round(ry1))), frame.size)
     elif request.mode == Mode.APPEARANCE:
         aspect = frame.size[0] / frame.size[1]
         ref_frame = aspect_frame(mask_box(request.reference_mask), aspect, frame.size, request.context)

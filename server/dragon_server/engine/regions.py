@@ -20,6 +20,7 @@ from dragon_server.engine.planning import PixelPlan
 from dragon_server.engine.request import EditRequest, Mode
 from dragon_server.engine.runner import Runner
 from dragon_server.engine.settings import MethodSettings, Schedule
+from dragon_server.engine.unet import FEATURE_BLOCKS
 from dragon_server.engine.unet import on_grid as on_grid_features
 
 Energies = Tuple[torch.Tensor, torch.Tensor]
@@ -27,10 +28,11 @@ Energies = Tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class Guide:
-    """One edit's steering. `energy(features, step)` gives (edit, content) energies of the generation
-    branch's features; on the latent grid, `edit_region` is where regional SDE acts and
-    `gradient_region` where the edit energy's gradient acts when the two are kept apart (release
-    guidance); `start` is z_T; `attend(step)` sets up cross-branch self-attention for that step."""
+    """One edit's steering. `energy(features, step)` gives (edit, content) fp32 energies of the generation
+    branch's features (a list of (1, C, h, w) maps, one per layer of FEATURE_BLOCKS); on the latent grid
+    (1, 1, h, w) 0/1 fp32 masks: `edit_region` is where regional SDE acts and `gradient_region` where the
+    edit energy's gradient acts when the two are kept apart (release guidance); `start` is z_T (fp32);
+    `attend(step)` sets up cross-branch self-attention for that step."""
 
     energy: Callable[[List[torch.Tensor], int], Energies]
     edit_region: torch.Tensor
@@ -76,14 +78,26 @@ def _window(cx: float, cy: float, side: int, hw: Tuple[int, int]) -> Tuple[slice
     return slice(y0, y0 + side), slice(x0, x0 + side)
 
 
-def _layer_mean(energy_fn: Callable[[int, torch.Tensor], Energies], features: List[torch.Tensor]) -> Energies:
-    """Energies averaged over the feature layers (each layer weighted equally, as in the release);
-    `features` are already on the guidance grid."""
+def _layer_sum(energy_fn: Callable[[int, torch.Tensor], Energies], features: List[torch.Tensor]) -> Energies:
+    """Energies summed over the feature layers (each mode's energy weights its layers); `features` are
+    already on the guidance grid."""
     edit = content = 0.0
     for layer, gen in enumerate(features):
         e, c = energy_fn(layer, gen)
         edit, content = edit + e, content + c
-    return edit / len(features), content / len(features)
+    return edit, content
+
+
+def _cells(mask: torch.Tensor) -> torch.Tensor:
+    """A grid mask as the release has it: cells more than half covered, as 0/1."""
+    return (mask > 0.5).to(mask.dtype)
+
+
+def _latent_cells(grid: torch.Tensor) -> torch.Tensor:
+    """A 0/1 guidance-grid mask taken down to the latent grid by nearest sampling, as (1, 1, h, w)."""
+    h, w = grid.shape
+    return F.interpolate(grid[None, None], size=(h * GRID_FACTOR // LATENT_FACTOR, w * GRID_FACTOR // LATENT_FACTOR),
+                         mode="nearest")
 
 
 def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings: MethodSettings,
@@ -97,21 +111,33 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
     attention = runner.attention
     mode = request.mode
     z_t = source.noise
+    release = settings.release
+    layers = len(FEATURE_BLOCKS)
 
     def on_grid(mask: Image.Image, f: Frame = frame, factor: int = GRID_FACTOR) -> torch.Tensor:
         return grid_mask(mask, f, factor, dev)
+
+    def cells(mask: Image.Image, f: Frame = frame) -> torch.Tensor:
+        """A mask on the guidance grid: soft coverage (paper) or whole cells (release)."""
+        grid = on_grid(mask, f)
+        return _cells(grid) if release else grid
+
+    def latent_region(grid: torch.Tensor, mask: Image.Image) -> torch.Tensor:
+        """Where a region acts on the latent grid: the release's cells sampled down, or (paper) every
+        latent cell the mask touches."""
+        return _latent_cells(grid) if release else binary(on_grid(mask, factor=LATENT_FACTOR))
 
     def features_of(state: SourceState, step: int) -> List[torch.Tensor]:
         return on_grid_features(state.features_at(runner, step), grid_hw)
 
     def binary(mask: torch.Tensor) -> torch.Tensor:
-        return (mask > 0).to(z_t.dtype)[None, None]
+        return (mask > 0).float()[None, None]
 
     if mode in (Mode.MOVE, Mode.PASTE):
         src_state = source if mode == Mode.MOVE else reference
         src_frame = frame if mode == Mode.MOVE else plan.ref_frame
-        target = on_grid(plan.target_mask)
-        obj = on_grid(plan.source_mask) if mode == Mode.MOVE else torch.zeros_like(target)
+        target = cells(plan.target_mask)
+        obj = cells(plan.source_mask) if mode == Mode.MOVE else torch.zeros_like(target)
         vacated = (obj - target).clamp(0, 1)
         regions = E.MoveRegions(target, (1 - torch.maximum(obj, target)).clamp(0, 1), vacated, 1 - obj,
                                 has_vacated=bool(vacated.sum() > 1))
@@ -121,27 +147,30 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
         def energy(features: List[torch.Tensor], step: int) -> Energies:
             guide_f = features_of(source, step)
             src_f = guide_f if src_state is source else features_of(src_state, step)
-            return _layer_mean(
-                lambda k, gen: energy_of(gen, guide_f[k], warp(src_f[k], feature_grid), regions, settings),
+            return _layer_sum(
+                lambda k, gen: energy_of(gen, guide_f[k], warp(src_f[k], feature_grid), regions, settings, layers),
                 features)
 
         target_lat = on_grid(plan.target_mask, factor=LATENT_FACTOR)
-        obj_lat = on_grid(plan.source_mask, factor=LATENT_FACTOR) if mode == Mode.MOVE else target_lat
-        edit_region = binary(torch.maximum(obj_lat, target_lat))
-        gradient_region = binary(target_lat)
+        gradient_region = latent_region(target, plan.target_mask)
+        if mode == Mode.MOVE:
+            edit_region = torch.maximum(gradient_region, latent_region(obj, plan.source_mask))
+        else:
+            edit_region = gradient_region
         lat_grid = sampling_grid(_placement_on(plan, src_frame, LATENT_FACTOR), lat_hw, lat_hw, dev)
         start = torch.where(target_lat[None, None] > 0.5, warp(src_state.noise, lat_grid), z_t)
     elif mode == Mode.APPEARANCE:
-        obj = on_grid(plan.source_mask)
-        regions_a = E.AppearanceRegions(obj, on_grid(request.reference_mask, plan.ref_frame), 1 - obj)
+        obj = cells(plan.source_mask)
+        regions_a = E.AppearanceRegions(obj, cells(request.reference_mask, plan.ref_frame), 1 - obj)
 
         def energy(features: List[torch.Tensor], step: int) -> Energies:
             guide_f = features_of(source, step)
             ref_f = features_of(reference, step)
-            return _layer_mean(
-                lambda k, gen: E.appearance_energy(gen, guide_f[k], ref_f[k], regions_a, settings), features)
+            return _layer_sum(
+                lambda k, gen: E.appearance_energy(gen, guide_f[k], ref_f[k], regions_a, settings, layers),
+                features)
 
-        edit_region = gradient_region = binary(on_grid(plan.source_mask, factor=LATENT_FACTOR))
+        edit_region = gradient_region = latent_region(obj, plan.source_mask)
         start = z_t
     else:
         to_grid = frame.to(GRID_FACTOR)
@@ -160,14 +189,14 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
             # z_T: the latent patch at each handle is copied to its target.
             lh, lt = _window(*to_lat(x0, y0), 3, lat_hw), _window(*to_lat(x1, y1), 3, lat_hw)
             start[:, :, lt[0], lt[1]] = z_t[:, :, lh[0], lh[1]]
-        editable = on_grid(plan.region)
+        editable = cells(plan.region)
         regions_d = E.DragRegions(targets, handles, left, 1 - editable)
 
         def energy(features: List[torch.Tensor], step: int) -> Energies:
             guide_f = features_of(source, step)
-            return _layer_mean(lambda k, gen: E.drag_energy(gen, guide_f[k], regions_d, settings), features)
+            return _layer_sum(lambda k, gen: E.drag_energy(gen, guide_f[k], regions_d, settings, layers), features)
 
-        edit_region = gradient_region = binary(on_grid(plan.region, factor=LATENT_FACTOR))
+        edit_region = gradient_region = latent_region(editable, plan.region)
 
     if mode == Mode.MOVE:
         def attend(step: int) -> ContextManager:

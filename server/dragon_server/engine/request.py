@@ -18,6 +18,10 @@ class Mode(str, enum.Enum):
     PASTE = "paste"
 
 
+GUIDANCES = ("release", "paper")
+"""How guided steps compute their gradient: as the authors' release does (the default) or as the paper
+writes it (see `MethodSettings.guidance`)."""
+
 Arrow = Tuple[float, float, float, float]
 """(x0, y0, x1, y1) in image pixels: from the start point to the end point."""
 
@@ -45,6 +49,12 @@ class ModelError(EditError):
     code = "model_unavailable"
 
 
+class NumericError(EditError):
+    """The model's numbers became infinite or NaN and no retry helped; nothing is returned."""
+
+    code = "not_finite"
+
+
 class EditCancelled(EditError):
     """The caller's cancel callback asked the edit to stop."""
 
@@ -58,7 +68,9 @@ class EditCancelled(EditError):
 class EditRequest:
     """One edit of one image.
 
-    Masks are greyscale images of the image's size (0 = outside, 255 = inside, soft edges allowed).
+    Masks are images of the image's size, white where inside; a pixel is inside when its strength
+    (alpha if the mask has transparent pixels, else its brightest channel) is at least 128 of 255.
+    Images and masks with an EXIF Orientation are turned upright first; coordinates are upright pixels.
     For `move` and `appearance` the mask marks the object; for `drag` it marks the region allowed to
     change (optional: a region around the arrows is used when absent). `paste` and `appearance` need a
     reference image and its object mask; paste arrows start in the reference's pixels and end in the
@@ -83,6 +95,8 @@ class EditRequest:
     """Margin around the edit, as a fraction of its size, that the model sees as context."""
     settings: Dict[str, float] = field(default_factory=dict)
     """Overrides of the method's weights and schedule, by name (see `MethodSettings`)."""
+    guidance: str = "release"
+    """"release" (default) or "paper": see `MethodSettings.guidance`."""
 
 
 @dataclass
@@ -118,3 +132,5 @@ class EditResult:
     timings: Dict[str, float]
     unet_evaluations: Dict[str, int]
     working_size: Tuple[int, int]
+    warnings: List[str] = field(default_factory=list)
+    """What the edit did differently from what was asked, one line each (a prompt cut to 77 tokens)."""

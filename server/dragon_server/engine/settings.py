@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import FrozenSet, Mapping, Tuple
 
-from dragon_server.engine.request import InputError, Mode
+from dragon_server.engine.request import GUIDANCES, InputError, Mode
 
 RANGES: Mapping[str, Tuple[float, float]] = {
     "w_edit": (0.0, 100.0), "w_content": (0.0, 100.0), "w_contrast": (0.0, 100.0), "w_inpaint": (0.0, 100.0),
@@ -61,34 +61,40 @@ class MethodSettings:
     bank_end: float = 1.0
     drag_patch: int = 3
     """Side, in cells of the feature grid (a quarter of the working size), of a drag point's patch."""
-    release_guidance: bool = False
-    """How a guided step computes its gradient. Off (the paper, eqs. 5-6 and fig. 2): the generation
-    branch's features come from the same UNet pass that predicts the noise, cross-branch attention
-    included, and the gradient is that of the total energy (one backward pass). On (the authors'
-    release): the features come from a separate pass without cross-branch attention, and the edit and
-    content energies are differentiated apart (two backward passes), each gradient kept in its region."""
+    guidance: str = "release"
+    """How a guided step computes its gradient (one of GUIDANCES). "release" (the default, the authors'
+    release exactly): the features come from a separate pass without cross-branch attention, the edit
+    and content energies are differentiated apart (two backward passes), each gradient kept in its
+    region, with the release's similarity and layer weighting (see `energy`). "paper" (eqs. 4-6 and
+    fig. 2): the generation branch's features come from the same UNet pass that predicts the noise,
+    cross-branch attention included, and the gradient is that of the total energy (one backward pass);
+    every similarity is mapped to [0, 1] and every term averaged over the feature layers."""
+
+    @property
+    def release(self) -> bool:
+        return self.guidance == "release"
 
     @classmethod
-    def for_mode(cls, mode: Mode, overrides: Mapping[str, float] = ()) -> MethodSettings:
-        """The release's defaults for `mode`, with `overrides` by field name."""
+    def for_mode(cls, mode: Mode, overrides: Mapping[str, float] = (), guidance: str = "release") -> MethodSettings:
+        """The release's defaults for `mode`, with `overrides` by field name and the named `guidance`."""
         base = {
             Mode.MOVE: dict(step_size=0.08, energy_scale=500.0),
             Mode.DRAG: dict(w_inpaint=0.2),
             Mode.APPEARANCE: dict(w_edit=3.5, w_content=5.0, cfg_scale=5.0, bank_start=0.0, bank_end=0.72),
             Mode.PASTE: dict(energy_scale=1500.0, bank_start=0.0, bank_end=0.72),
         }[mode]
-        settings = cls(**base)
+        if guidance not in GUIDANCES:
+            raise InputError(f"unknown guidance {guidance!r}: choose {' or '.join(GUIDANCES)}")
+        settings = cls(**base, guidance=guidance)
         overrides = dict(overrides)
-        names = {f.name: f for f in dataclasses.fields(cls)}
+        names = {f.name: f for f in dataclasses.fields(cls) if f.name != "guidance"}
         for key, value in overrides.items():
+            if key == "guidance":
+                raise InputError("the guidance is chosen by name, not as a number: use --guidance paper|release "
+                                 "(protocol field 'guidance')")
             if key not in names:
                 raise InputError(f"unknown setting '{key}': known settings are {', '.join(sorted(names))}")
             kind = names[key].type
-            if kind == "bool":
-                if value not in (0, 1) or not isinstance(value, (int, float)):
-                    raise InputError(f"setting '{key}' is a switch: give 0 (off) or 1 (on), got {value!r}")
-                overrides[key] = bool(value)
-                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise InputError(f"setting '{key}' must be a finite number, got {value!r}")
             low, high = RANGES[key]

@@ -25,17 +25,20 @@ FEATURE_BLOCKS = (1, 2)
 @dataclass
 class Trunk:
     """A forward stopped between decoder blocks: by `trunk`, after the blocks that have no decoder
-    self-attention; by `advance`, after any later block."""
+    self-attention; by `advance`, after any later block. `sample` and `timestep` are the forward's
+    inputs (a v-prediction model's output is turned into noise with them)."""
 
     h: torch.Tensor
     skips: Tuple[torch.Tensor, ...]
     emb: torch.Tensor
     text: torch.Tensor
     next_block: int
+    sample: torch.Tensor
+    timestep: torch.Tensor
 
     def detach(self) -> Trunk:
         return Trunk(self.h.detach(), tuple(s.detach() for s in self.skips), self.emb.detach(), self.text,
-                     self.next_block)
+                     self.next_block, self.sample.detach(), self.timestep)
 
 
 def _up(block, h, skips, emb, text):
@@ -64,7 +67,7 @@ def trunk(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tens
     while not getattr(unet.up_blocks[first], "has_cross_attention", False):
         h, skips = _up(unet.up_blocks[first], h, skips, emb, text)
         first += 1
-    return Trunk(h, skips, emb, text, first)
+    return Trunk(h, skips, emb, text, first, sample, timestep)
 
 
 def advance(unet: UNet2DConditionModel, state: Trunk, through: int) -> Tuple[List[torch.Tensor], Trunk]:
@@ -75,18 +78,19 @@ def advance(unet: UNet2DConditionModel, state: Trunk, through: int) -> Tuple[Lis
     for i in range(state.next_block, through + 1):
         h, skips = _up(unet.up_blocks[i], h, skips, state.emb, state.text)
         outputs.append(h)
-    return outputs, Trunk(h, skips, state.emb, state.text, through + 1)
+    return outputs, Trunk(h, skips, state.emb, state.text, through + 1, state.sample, state.timestep)
 
 
 def head(unet: UNet2DConditionModel, state: Trunk) -> torch.Tensor:
-    """The rest of the forward from `state`: the predicted noise."""
+    """The rest of the forward from `state`: the model's prediction (noise, or v for a v-prediction
+    model)."""
     _, end = advance(unet, state, len(unet.up_blocks) - 1)
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(end.h)))
 
 
 def unet_forward(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor,
                  text: torch.Tensor) -> torch.Tensor:
-    """Predicted noise for `sample` at `timestep`."""
+    """The model's prediction (see `head`) for `sample` at `timestep`."""
     return head(unet, trunk(unet, sample, timestep, text))
 
 

@@ -151,6 +151,7 @@ def edit_message(request: EditRequest, request_id: str) -> Edit:
         context=request.context,
         working_area=request.working_area,
         settings=dict(request.settings),
+        guidance=request.guidance,
     )
 
 
@@ -169,4 +170,5 @@ def edit_result(request: EditRequest, message: Result) -> EditResult:
         timings=dict(message.timings),
         unet_evaluations=dict(message.unet_evaluations),
         working_size=tuple(message.working_size),
+        warnings=list(message.warnings),
     )

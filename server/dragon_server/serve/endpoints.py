@@ -20,7 +20,14 @@ def check_endpoint(endpoint: str) -> str:
         host, colon, port = rest.rpartition(":")
         if not colon or not host or not (port == "*" or port.isdigit() and 0 < int(port) < 65536):
             raise EndpointError(f"'{endpoint}' needs a host and a port, like tcp://127.0.0.1:5555")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise EndpointError(f"'{endpoint}': write an IPv6 address in brackets, like tcp://[::1]:5555")
     return endpoint
+
+
+def is_ipv6(endpoint: str) -> bool:
+    """True for a tcp endpoint whose host is a bracketed IPv6 address (its socket must allow IPv6)."""
+    return endpoint.startswith("tcp://[")
 
 
 def is_loopback(endpoint: str) -> bool:

@@ -13,6 +13,7 @@ import zmq
 
 from dragon_protocol import Error, Hello, Message, ProtocolError, Welcome, decode, encode
 from dragon_server.serve import keys
+from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_ipv6
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 SERVER_MESSAGES = ("welcome", "accepted", "progress", "result", "error", "cancelled", "pong")
@@ -36,6 +37,10 @@ class ServerLink:
     def __init__(self, server: str, server_key: Optional[str] = None, client_key: Optional[str] = None):
         if (server_key is None) != (client_key is None):
             raise LinkError("give both --server-key and --client-key, or neither", code="bad_keys")
+        try:
+            check_endpoint(server)
+        except EndpointError as error:
+            raise LinkError(str(error), code="bad_address") from None
         self.server = server
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
@@ -44,6 +49,7 @@ class ServerLink:
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # a full receive queue and a reconnect abort libzmq (issue 3937)
+        self.socket.setsockopt(zmq.IPV6, is_ipv6(server))
         try:
             if server_key is not None:
                 keys.secure_client_socket(self.socket, server_key, client_key)

@@ -49,6 +49,7 @@ from dragon_server import __version__
 from dragon_server.engine.request import InputError, Mode
 from dragon_server.engine.settings import MethodSettings
 from dragon_server.serve import keys
+from dragon_server.serve.endpoints import is_ipv6
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
 from dragon_server.serve.lograte import RepeatLimiter
@@ -178,6 +179,7 @@ class Server:
         front.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         front.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 5)
         front.setsockopt(zmq.LINGER, 1000)
+        front.setsockopt(zmq.IPV6, any(is_ipv6(endpoint) for endpoint in self.config.binds))
         for endpoint in self.config.binds:
             try:
                 front.bind(endpoint)
@@ -420,7 +422,7 @@ class Server:
         """Why `edit` is refused before it waits (settings out of range, more work than this server
         allows), or "" when it may be queued."""
         try:
-            MethodSettings.for_mode(Mode(edit.mode), edit.settings)
+            MethodSettings.for_mode(Mode(edit.mode), edit.settings, edit.guidance)
         except InputError as error:
             return str(error)
         area = edit.working_area or self.default_area

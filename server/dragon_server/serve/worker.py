@@ -186,6 +186,7 @@ def to_engine_request(edit: Edit) -> EditRequest:
         working_area=edit.working_area,
         context=edit.context,
         settings=dict(edit.settings),
+        guidance=edit.guidance,
     )
 
 
@@ -207,6 +208,7 @@ def result_message(request_id: str, result: EditResult, waited: float) -> Result
         working_size=tuple(int(v) for v in result.working_size),
         timings=timings,
         unet_evaluations={name: int(n) for name, n in result.unet_evaluations.items()},
+        warnings=list(result.warnings),
     )
 
 
