@@ -25,7 +25,7 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install -qq "torch==2.13.0"
 fi
-.venv/bin/pip install -qq -e ".[test]"
+.venv/bin/pip install -qq -e ".[test,cluster]"
 .venv/bin/ruff check .
 # One math thread per process: PyTorch's default threads spin and slow a busy 2-core machine many times over.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"

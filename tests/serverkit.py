@@ -63,11 +63,11 @@ def move_edit(request_id: Optional[str] = None, steps: int = 6, seed: int = 0, *
 class ServerProcess:
     """`dragon serve` in a subprocess, its console captured to a file."""
 
-    def __init__(self, args: List[str], log_path: str):
+    def __init__(self, args: List[str], log_path: str, env: Optional[dict] = None):
         self.log_path = log_path
         self.log = open(log_path, "w")
         # one math thread: on a small shared CI machine, OpenMP spinning in several processes is very slow
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
         self.process = subprocess.Popen(
             DRAGON + ["serve", *args], stdout=self.log, stderr=subprocess.STDOUT, env=env
         )
@@ -89,14 +89,16 @@ class ServerProcess:
 
 
 def start_server(
-    tmp_dir: str, extra: List[str], endpoint: Optional[str] = None, **client_keys
+    tmp_dir: str, extra: List[str], endpoint: Optional[str] = None, env: Optional[dict] = None,
+    timeout: float = START_TIMEOUT, **client_keys
 ) -> Tuple[ServerProcess, str]:
-    """Start a tiny-model server and wait until it says it is ready; return it and its endpoint."""
+    """Start a tiny-model server (`env`: more environment variables) and wait up to `timeout` seconds
+    until it says it is ready; return it and its endpoint."""
     endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     server = ServerProcess(
-        ["--model", "tiny", "--device", "cpu", "--bind", endpoint, *extra], os.path.join(tmp_dir, "server.log")
+        ["--model", "tiny", "--device", "cpu", "--bind", endpoint, *extra], os.path.join(tmp_dir, "server.log"), env
     )
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     with Client(endpoint, **client_keys) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
@@ -106,7 +108,7 @@ def start_server(
             if isinstance(reply, Welcome) and reply.state == "ready":
                 return server, endpoint
     server.stop()
-    raise RuntimeError(f"server not ready in {START_TIMEOUT} s:\n{server.console()}")
+    raise RuntimeError(f"server not ready in {timeout} s:\n{server.console()}")
 
 
 class Client:

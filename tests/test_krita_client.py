@@ -173,9 +173,25 @@ def test_silence_is_pinged_every_second_and_a_dead_server_noticed_within_five(ro
     clock.now = 4.2
     client.poll()
     assert receive(router)[1].type == "ping" and not router.poll(200), "one fetch per silence"
-    clock.now = 6.6
+    clock.now = 6.6  # silent for 5 s, but asked only 3.6 s ago (this test polls sparsely; Krita's timer does not)
+    assert client.poll() == [] and client.connected
+    clock.now = 7.1
     (error,) = client.poll()
     assert error.code == "timeout" and not client.connected
+
+
+def test_a_long_pause_in_polling_asks_before_it_declares_the_server_gone(router):
+    """A GUI thread busy for half a minute has heard nothing because it did not listen: it pings first."""
+    clock = Clock()
+    client, route = connected_client(router, clock)
+    clock.now = 30.0
+    assert client.poll() == [] and client.connected
+    _, ping = receive(router)
+    assert ping.type == "ping"
+    router.send_multipart([route, encode(Pong(nonce=ping.nonce, queued=0, running=0))])
+    clock.now = 30.2
+    (pong,) = poll_until(client)
+    assert pong.nonce == ping.nonce and client.connected
 
 
 def test_submit_needs_a_connection(router):
@@ -366,6 +382,8 @@ def test_dead_server_is_noticed_and_a_restarted_one_reconnected(router):
     jobs, route = connected_jobs(router, clock, host)
     jobs.submit(job("a"))
     receive(router)
+    clock.now = 1.0  # Krita's timer polls: the silence is asked about
+    jobs.poll()
     clock.now = 5.5  # the server died: nothing comes back
     jobs.poll()
     assert ("failed", "a", "timeout") in host.calls

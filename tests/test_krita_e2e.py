@@ -288,7 +288,10 @@ def test_painters_round_trip_in_real_krita(tmp_path, server, display):
 
     # No freezes on a 3000x2000 canvas.
     assert report["big_edit"].startswith("Dragon Move ("), report["big_edit"]
-    assert report["stall"] is not None and report["stall"] < MAX_STALL, (report["stall"], report["big_edit_call"])
+    # Beyond the longest pause Krita makes on its own on this machine (a loaded machine slows both alike).
+    allowed = MAX_STALL + (report["idle_stall"] or 0.0)
+    assert report["stall"] is not None and report["stall"] < allowed, (report["stall"], report["idle_stall"],
+                                                                       report["big_edit_call"])
     # The server killed: noticed within seconds, reconnected by itself when restarted.
     assert report["noticed_after"] is not None and report["noticed_after"] < 7, report["noticed_after"]
     assert "stopped answering" in report["status_dead"]

@@ -57,7 +57,7 @@ def terminal_for(request_id: str):
 
 
 def test_bad_fault_spec_is_one_line_and_exit_2(monkeypatch, capsys):
-    monkeypatch.setenv("DRAGON_TEST_FAULTS", "crash@1")
+    monkeypatch.setenv("DRAGON_TEST_FAULTS", "explode@1")
     assert main(["serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{kit.free_port()}"]) == 2
     err = capsys.readouterr().err
     assert "DRAGON_TEST_FAULTS" in err and len(err.strip().splitlines()) == 1

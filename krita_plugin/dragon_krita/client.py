@@ -86,6 +86,8 @@ class Client:
         self._nonces = itertools.count(1)
         self._heard = 0.0
         self._pinged = 0.0
+        self._asked: Optional[float] = None
+        """When the server was first asked something (hello, ping) since it was last heard."""
         self._fetched = False
 
     @property
@@ -110,7 +112,7 @@ class Client:
             socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self.keys
         socket.connect(self.address)
         self.socket = socket
-        self._heard = self._pinged = self.clock()
+        self._heard = self._pinged = self._asked = self.clock()
         self._fetched = False
         self.hello()
 
@@ -156,6 +158,7 @@ class Client:
             except zmq.Again:
                 break
             self._heard = self.clock()
+            self._asked = None
             self._fetched = False
             events.extend(self._receive(frames[-1]))
         events.extend(self._check_liveness())
@@ -176,15 +179,20 @@ class Client:
         return [message]
 
     def _check_liveness(self) -> List[Event]:
+        """The server is gone when it has been silent for `timeout` seconds while being asked: a long
+        pause in polling (a busy GUI thread) first sends a ping and gives it time to answer."""
         now = self.clock()
         silent = now - self._heard
-        if silent > self.timeout:
+        asked_long_ago = self._asked is not None and now - self._asked >= self.timeout - self.ping_interval
+        if silent > self.timeout and asked_long_ago:
             code = "timeout" if self.welcome is not None else "cannot_connect"
             self.close()
             return [PluginError(code, detail=self.address)]
         if self.welcome is None or silent < self.ping_interval or now - self._pinged < self.ping_interval:
             return []
         self._pinged = now
+        if self._asked is None:
+            self._asked = now
         try:
             self._send(Ping(nonce=next(self._nonces)))
             if not self._fetched:

@@ -19,6 +19,7 @@ OUT_OF_MEMORY = "out_of_memory"
 MODEL_UNAVAILABLE = "model_unavailable"
 INTERNAL_ERROR = "internal_error"
 NOT_FINITE = "not_finite"
+ENGINE_LOST = "engine_lost"
 
 ERROR_CODES = {
     BAD_MESSAGE: "the bytes are not a msgpack map with integer `v` and string `type`",
@@ -36,6 +37,8 @@ ERROR_CODES = {
     MODEL_UNAVAILABLE: "the server could not load its model",
     INTERNAL_ERROR: "the server failed unexpectedly on this request; it goes on serving others",
     NOT_FINITE: "the model's numbers became infinite or NaN (even after a retry in fp32); nothing was returned",
+    ENGINE_LOST: "the engine process running this edit stopped (a crash, or killed for memory); it restarts: "
+    "send the edit again",
 }
 """Every error code a server sends, with its meaning. Other codes may appear: treat them as failures."""
 

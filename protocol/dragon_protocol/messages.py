@@ -186,6 +186,9 @@ class Welcome(Message):
     queue_capacity: int
     cache: Dict[str, int] = field(default_factory=dict)
     """Reuse between edits: entries, bytes, max_bytes, hits, misses (empty while the model loads)."""
+    replicas: List[Dict[str, Any]] = field(default_factory=list)
+    """With engine replicas (`dragon serve --replicas`): one map each, of index, state, device, queued,
+    running, restarts, entries, hits, misses; empty for a server with one engine."""
 
     @classmethod
     def _read(cls, r: _Reader) -> Welcome:
@@ -203,7 +206,19 @@ class Welcome(Message):
             running=r.integer("running"),
             queue_capacity=r.integer("queue_capacity"),
             cache=r.mapping("cache", (int,)),
+            replicas=[_record(r, "replicas", item) for item in r.array("replicas", [], max_items=1024)],
         )
+
+
+def _record(r: _Reader, name: str, item: Any) -> Dict[str, Any]:
+    """One map of names to numbers and short texts inside the array `name`."""
+    if not isinstance(item, dict) or not all(
+        isinstance(k, str) and len(k) <= limits.MAX_ID_LENGTH
+        and (isinstance(v, str) and len(v) <= limits.MAX_TEXT_LENGTH or isinstance(v, int) and not isinstance(v, bool))
+        for k, v in item.items()
+    ):
+        raise r.fail(name, "must be an array of maps from names to integers or strings")
+    return item
 
 
 @dataclass

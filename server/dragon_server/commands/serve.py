@@ -59,6 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-wait", type=float, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C or SIGTERM, how long to wait for the running edit to stop before leaving it "
                    "behind and exiting with status 3 (default 30)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="run N engine replicas on Ray, each with its own model and reuse cache (one GPU each "
+                   "on GPUs); edits of the same picture go to the same replica. Needs the cluster extra: "
+                   'pip install ".[cluster]" (default with --ray: 1)')
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the replicas on the Ray cluster whose head is at ADDRESS (host:port, as `ray start "
+                   "--head` printed) instead of a private Ray on this machine; needs the cluster extra")
+    p.add_argument("--spill", action="store_true",
+                   help="with replicas: run an edit on an idle replica when the one holding its picture is busy "
+                   "(it then inverts the picture again); default: always the picture's replica")
     add_threads_argument(p)
     p.add_argument("--verbose", action="store_true", help="log debugging detail")
     p.set_defaults(run=run)
@@ -75,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         binds = _endpoints(args)
         threads = use_threads(args.threads)
+        cluster = _cluster(args, threads)
     except (EndpointError, keys.KeyFileError, ThreadsError) as error:
         return _fail(str(error), 2)
     from dragon_server.engine.models import pick_device  # imports torch: only when serving
@@ -91,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         faults = Faults.from_environment()
     except FaultSpecError as error:
         return _fail(str(error), 2)
+    if faults.crash_ids and cluster is None:
+        return _fail("DRAGON_TEST_FAULTS: crash@ID needs --replicas or --ray", 2)
     log.info("using %d CPU thread%s for the model's math (--threads)", threads, "" if threads == 1 else "s")
     if faults:
         log.warning("WARNING: test-only fault injection is on (DRAGON_TEST_FAULTS): %s", faults)
@@ -111,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         faults=faults,
         stop_wait=args.stop_wait,
         max_connections=args.max_connections,
+        cluster=cluster,
     )
     server = Server(config)
     try:
@@ -160,6 +174,21 @@ def _endpoints(args: argparse.Namespace) -> list:
             "reach it can use this server and see the images", endpoint,
         )
     return binds
+
+
+def _cluster(args: argparse.Namespace, threads: int):
+    """The replicas asked for (a ClusterConfig), or None for one engine in this process."""
+    if args.replicas is None and args.ray is None:
+        if args.spill:
+            raise EndpointError("--spill goes with --replicas or --ray")
+        return None
+    from dragon_server.serve.cluster import INSTALL_HINT, ClusterConfig, ray_installed
+
+    if not ray_installed():
+        raise EndpointError(f"--replicas and --ray need Ray. {INSTALL_HINT}")
+    if args.replicas is not None and args.replicas < 1:
+        raise EndpointError("--replicas must be at least 1")
+    return ClusterConfig(replicas=args.replicas or 1, address=args.ray, spill=args.spill, threads=threads)
 
 
 def _fail(message: str, code: int) -> int:

@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         c = welcome.cache
         print(f"reuse:    {c['entries']} pictures kept, {c['bytes'] / 2**20:.0f} of {c['max_bytes'] / 2**20:.0f} MiB, "
               f"{c['hits']} hits, {c['misses']} misses")
+    for replica in welcome.replicas:
+        print(f"replica {replica.get('index')}: {replica.get('state')} on {replica.get('device') or '?'}, "
+              f"{replica.get('running')} running, {replica.get('queued')} waiting, {replica.get('restarts')} "
+              f"restarts, {replica.get('entries')} pictures kept, {replica.get('hits')} hits")
     print(
         f"limits:   {limits.get('max_image_pixels')} pixels per image, {limits.get('max_arrows')} arrows, "
         f"{limits.get('max_message_bytes')} bytes per message"

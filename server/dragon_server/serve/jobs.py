@@ -120,6 +120,11 @@ class JobQueue:
         with self._cond:
             return self._running
 
+    def running_jobs(self) -> List[Job]:
+        """The running job in a list (empty when none runs)."""
+        with self._cond:
+            return [] if self._running is None else [self._running]
+
     def close(self) -> List[Job]:
         """Stop handing out jobs; return the jobs that were still waiting."""
         with self._cond:

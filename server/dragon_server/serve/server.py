@@ -49,6 +49,7 @@ from dragon_server import __version__
 from dragon_server.engine.request import InputError, Mode
 from dragon_server.engine.settings import MethodSettings
 from dragon_server.serve import keys
+from dragon_server.serve.cluster import ClusterConfig, Replicas
 from dragon_server.serve.endpoints import is_ipv6
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
@@ -109,6 +110,8 @@ class ServerConfig:
     """Seconds a stop waits for the running edit to end before abandoning it (exit status 3)."""
     faults: Faults = field(default_factory=Faults)
     """Test-only faults to inject (from DRAGON_TEST_FAULTS, see faults.py); none in normal use."""
+    cluster: Optional[ClusterConfig] = None
+    """Run the engines as replicas on Ray (cluster.py); None: one engine in this process."""
 
 
 @dataclass
@@ -120,12 +123,21 @@ class _EngineInfo:
 
 
 class Server:
-    """Binds, starts the worker, serves until a signal or a model failure; `run` returns the exit code."""
+    """Binds, starts the worker, serves until a signal or a model failure; `run` returns the exit code.
+
+    The loop talks to `jobs` (a JobQueue) and `worker` (a Worker thread holding the engine). With
+    replicas (config.cluster) both are one cluster.Replicas, which has the same methods and runs the
+    edits on Ray actors instead.
+    """
 
     def __init__(self, config: ServerConfig):
         self.config = config
         share = config.client_share or -(-config.queue_size // 2)
-        self.jobs = JobQueue(config.queue_size, share)
+        self.replicas = None
+        if config.cluster is not None:
+            self.replicas = Replicas(config.cluster, config.model, config.device, config.queue_size,
+                                     config.cache_bytes, config.faults, self._post)
+        self.jobs = self.replicas or JobQueue(config.queue_size, share)
         self.default_area = _LARGEST_DEFAULT_AREA
         """The model's working area for edits that give none (known once it has loaded)."""
         self.active: Dict[JobKey, Job] = {}
@@ -204,8 +216,8 @@ class Server:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._wake_out = self.context.socket(zmq.PAIR)
         self._wake_out.connect(_WAKE_ENDPOINT)
-        self.worker = Worker(self.config.model, self.config.device, self.jobs, self._post,
-                             self.config.cache_bytes, self.config.faults)
+        self.worker = self.replicas or Worker(self.config.model, self.config.device, self.jobs, self._post,
+                                              self.config.cache_bytes, self.config.faults)
         self.worker.start()
         try:
             self._loop()
@@ -264,9 +276,9 @@ class Server:
     def _on_event(self, event: WorkerEvent) -> None:
         job = event.job
         if event.kind == "ready":
-            engine = self.worker.engine
-            self.info = _EngineInfo("ready", engine.model_name, str(engine.device), str(engine.dtype))
-            self.default_area = engine.components.default_area
+            engine = self.worker.describe()
+            self.info = _EngineInfo("ready", engine["model"], engine["device"], engine["dtype"])
+            self.default_area = engine.get("default_area", _LARGEST_DEFAULT_AREA)
         elif event.kind == "load_failed":
             log.error("cannot load model %s: %s", self.config.model, event.detail)
             self.info.state = "failed"
@@ -378,6 +390,7 @@ class Server:
 
     def _welcome(self) -> Welcome:
         waiting, running = self.jobs.counts()
+        engine = self.worker.describe()
         return Welcome(
             protocol=limits.PROTOCOL_VERSION,
             server=f"dragon {__version__}",
@@ -391,7 +404,8 @@ class Server:
             queued=waiting,
             running=running,
             queue_capacity=self.jobs.capacity,
-            cache=self.worker.engine.cache.info() if self.worker.engine is not None else {},
+            cache=engine.get("cache", {}),
+            replicas=engine.get("replicas", []),
         )
 
     def _on_edit(self, edit: Edit, owner: str, route: bytes, peer: str) -> None:
@@ -474,17 +488,18 @@ class Server:
             else:
                 message = Cancelled(id=job.edit.id, reason="shutdown")
             self._finish(job, encode(message))
-        running = self.jobs.running
-        if running is not None:
-            running.cancel("shutdown")
+        running = self.jobs.running_jobs()
+        for job in running:
+            job.cancel("shutdown")
+        if running:
             deadline = time.monotonic() + self.config.stop_wait
             while self.worker.is_alive() and time.monotonic() < deadline:
                 self.worker.join(0.1)
                 self._drain_events()
                 self._retry()
             if self.worker.is_alive():
-                log.error("request %s did not stop within %g s: stopping without it", running.edit.id,
-                          self.config.stop_wait)
+                log.error("request %s did not stop within %g s: stopping without it",
+                          ", ".join(job.edit.id for job in running), self.config.stop_wait)
                 self.abandoned = True
                 self.exit_code = EXIT_ABANDONED
         self._drain_events()

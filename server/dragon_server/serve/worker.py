@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -85,6 +85,14 @@ class Worker(threading.Thread):
             finally:
                 self.jobs.finished()
             self.post(WorkerEvent("done", job, payload, outcome))
+
+    def describe(self) -> Dict[str, Any]:
+        """model, device, dtype and cache (the reuse counters) of the loaded engine; {} while it loads."""
+        engine = self.engine
+        if engine is None:
+            return {}
+        return {"model": engine.model_name, "device": str(engine.device), "dtype": str(engine.dtype),
+                "cache": engine.cache.info(), "default_area": engine.components.default_area}
 
     def _run(self, job: Job) -> tuple[bytes, str]:
         """Run one job; return its encoded terminal message and a word for the log."""
