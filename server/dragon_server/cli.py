@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "dragon_server.commands.keys",
     "dragon_server.commands.status",
     "dragon_server.commands.install_plugin",
+    "dragon_server.commands.train_toy",
     "dragon_server.commands.bench",
 )
 

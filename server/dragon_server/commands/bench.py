@@ -21,6 +21,74 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(docs/PERFORMANCE.md).")
     add_arguments(p)
     p.set_defaults(run=run)
+    kinds = p.add_subparsers(dest="bench", metavar="{quality,dragbench}", parser_class=type(p))
+    q = kinds.add_parser("quality", help="edits with known answers on synthetic scenes: table and contact sheet",
+                         description="Edit fixed synthetic scenes in every mode under a strength-0 control and "
+                                     "both guidances, and measure where the object went (docs/QUALITY.md).")
+    add_quality_arguments(q)
+    q.set_defaults(run=run_quality)
+    d = kinds.add_parser("dragbench", help="run a DragBench folder through drag mode: mean distance and 1 - LPIPS",
+                         description="Run every sample of a DragBench folder through drag mode and report mean "
+                                     "distance and 1 - LPIPS as the published tables do (docs/QUALITY.md).")
+    add_dragbench_arguments(d)
+    d.set_defaults(run=run_dragbench)
+
+
+def add_quality_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="toy", help="the model to edit with (default toy)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per edit (default 50)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    add_threads_argument(p)
+    p.add_argument("--modes", default="move,resize,drag,appearance,paste",
+                   help="comma-separated subset of move,resize,drag,appearance,paste (default all)")
+    p.add_argument("--conditions", default="control,release,paper",
+                   help="comma-separated subset of control,release,paper (default all)")
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    p.add_argument("--sheet", metavar="PNG", default="quality-sheet.png",
+                   help="contact sheet path (default quality-sheet.png)")
+
+
+def add_dragbench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the DragBench folder")
+    p.add_argument("--model", default="sd15", help="the model that edits (default sd15)")
+    p.add_argument("--md-model", metavar="MODEL", help="the model whose UNet features find the handles for MD "
+                                                       "(default: the editing model)")
+    p.add_argument("--lpips", metavar="FILE",
+                   help="LPIPS network saved by torch.export.save (.pt2) for IF; without it IF is skipped")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", choices=GUIDANCES, default="release")
+    p.add_argument("--ensemble", type=int, default=8, help="noises averaged for the MD features (default 8)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    add_threads_argument(p)
+    p.add_argument("--out", metavar="DIR", help="also save each result as DIR/<sample>/dragged_image.png")
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Set the thread count, then run `dragon_server.quality.run`."""
+    try:
+        use_threads(args.threads)
+    except ValueError as error:
+        sys.stderr.write(f"dragon bench quality: error: {error}\n")
+        return 2
+    from dragon_server.quality import run as measure
+
+    return measure(args)
+
+
+def run_dragbench(args: argparse.Namespace) -> int:
+    """Set the thread count, then run `dragon_server.dragbench.run`."""
+    try:
+        use_threads(args.threads)
+    except ValueError as error:
+        sys.stderr.write(f"dragon bench dragbench: error: {error}\n")
+        return 2
+    from dragon_server.dragbench import run as measure
+
+    return measure(args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -136,7 +136,8 @@ class Engine:
             report("sampling", done, total, lambda: runner.decode(x0))
 
         with runner.stage("sampling"):
-            latent = sample(runner, guide, timeline, schedule, settings, text, uncond, request.strength,
+            latent = sample(runner, guide, timeline, schedule, settings, text, uncond,
+                            request.strength * self.components.strength_for(request.mode),
                             generator, step_done, self.economy.share_trunk)
         clock.lap("sampling")
         with runner.stage("decode"):
@@ -150,7 +151,8 @@ class Engine:
         clock.lap("blend")
         x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
         return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
-                          plan.frame.size, runner.prompt_warnings(request.prompt))
+                          plan.frame.size, runner.prompt_warnings(request.prompt), raw=edited,
+                          raw_box=plan.frame.box)
 
     def _source(self, crop: Image.Image, request: EditRequest, text: torch.Tensor, timeline: Timeline,
                 schedule: Schedule, stage: str, report) -> SourceState:

@@ -10,8 +10,8 @@ import os
 import pickle
 import struct
 import zipfile
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -23,7 +23,13 @@ from dragon_server.engine.request import ModelError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-MODEL_ALIASES = {"sd15": DEFAULT_MODEL}
+TOY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy", "model")
+"""The small model trained on procedural scenes that ships with the package (`dragon train-toy`)."""
+MODEL_ALIASES = {"sd15": DEFAULT_MODEL, "toy": TOY_MODEL}
+MODEL_DEFAULTS_FILE = "dragon.json"
+"""Optional file in a diffusers folder with the model's own defaults: `working_area` (pixels, the
+area the region of interest is scaled to) and `strength` (factor on every edit's guidance strength: one
+number, or one per mode such as {"move": 128, "drag": 64}, 1 for modes it leaves out)."""
 RANDOM_MODELS = ("tiny", "sd15-random")
 WEIGHTED_PARTS = ("unet", "vae", "text_encoder")
 """The parts of a diffusers folder that hold weights."""
@@ -57,6 +63,13 @@ class Components:
     dtype: torch.dtype
     default_area: int
     """Pixel area the region of interest is scaled to when a request does not say."""
+    strength: Mapping[str, float] = field(default_factory=dict)
+    """The model's own factor on the guidance strength, by mode name (a request's strength 1 means
+    this); from the folder's dragon.json, none (1) for SD 1.5. Small models trained briefly need more."""
+
+    def strength_for(self, mode: str) -> float:
+        """The model's strength factor for `mode` (a Mode or its name)."""
+        return self.strength.get(getattr(mode, "value", mode), 1.0)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -223,6 +236,37 @@ def check_sd1_checkpoint(path: str) -> None:
         raise ModelError(f"{path} is {kind}: DragonDiffusion here needs a Stable Diffusion 1.x checkpoint")
 
 
+def model_defaults(folder: str) -> dict:
+    """The defaults a model folder's dragon.json sets (`working_area`, `strength`), checked; {} when
+    it has none. Raises ModelError when the file is malformed."""
+    path = os.path.join(folder, MODEL_DEFAULTS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not readable JSON ({exc.__class__.__name__}): fix or remove it") from None
+    def positive(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+            raise ModelError(f"{path}: '{key}' must be a positive number, got {value!r}")
+        return value
+
+    out: dict = {}
+    if "working_area" in data:
+        out["working_area"] = int(positive("working_area", data["working_area"]))
+    strength = data.get("strength", {})
+    modes = ("move", "drag", "appearance", "paste")
+    if not isinstance(strength, dict):
+        strength = {mode: positive("strength", strength) for mode in modes}
+    for mode, value in strength.items():
+        if mode not in modes:
+            raise ModelError(f"{path}: 'strength' has an unknown mode {mode!r}: use {', '.join(modes)}")
+        positive(f"strength.{mode}", value)
+    out["strength"] = {mode: float(v) for mode, v in strength.items()}
+    return out
+
+
 def _download(repo: str, variant: Optional[str]) -> str:
     """Fetch the files the engine uses from the hub (progress bars from huggingface_hub), or say why not."""
     from huggingface_hub import snapshot_download
@@ -315,7 +359,8 @@ def _from_single_file(path: str, dtype: torch.dtype) -> tuple:
 
 def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[str] = None) -> Components:
     """Load a model once: `sd15` (hub, cached), a hub repo id, a diffusers folder, a .safetensors/.ckpt
-    file, `tiny` or `sd15-random` (random weights, no download)."""
+    file, `toy` (the packaged model trained on procedural scenes), `tiny` or `sd15-random` (random
+    weights, no download)."""
     import diffusers
     import transformers
 
@@ -325,9 +370,13 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
     dt = pick_dtype(dev, dtype)
     variant = "fp16" if dt != torch.float32 else None
     name = MODEL_ALIASES.get(model, model)
+    defaults: dict = {}
     if name in RANDOM_MODELS:
         parts = build_random(name)
+    elif name == TOY_MODEL and not os.path.isdir(name):
+        raise ModelError(f"the toy model is missing from {name}: reinstall the package or run dragon train-toy")
     elif os.path.isdir(name):
+        defaults = model_defaults(name)
         parts = _from_folder(name, dt, variant)
     elif name.endswith((".safetensors", ".ckpt")):
         if not os.path.isfile(name):
@@ -340,11 +389,11 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
         raise ModelError(f"model {name} does not exist: give a diffusers model folder or a .safetensors/.ckpt file")
     else:
         raise ModelError(
-            f"unknown model '{model}': use sd15, tiny, sd15-random, a hub id like owner/name, "
+            f"unknown model '{model}': use sd15, toy, tiny, sd15-random, a hub id like owner/name, "
             "a diffusers folder or a .safetensors/.ckpt file"
         )
     unet, vae, text_encoder, tokenizer, scheduler = parts
-    area = 128 * 128 if name == "tiny" else default_area(unet.config.sample_size)
+    area = 128 * 128 if name == "tiny" else defaults.get("working_area", default_area(unet.config.sample_size))
     for module in (unet, vae, text_encoder):
         module.to(device=dev).eval().requires_grad_(False)
         if module.dtype != dt:
@@ -357,4 +406,5 @@ def load_components(model: str = "sd15", device: str = "auto", dtype: Optional[s
                          f"use a model whose scheduler's prediction_type is one of {', '.join(PREDICTION_TYPES)}")
     if prediction != "epsilon":
         log.info("%s predicts %s: its predictions are turned into noise for DDIM", name, prediction)
-    return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler, model, dev, dt, area,
+                      defaults.get("strength", {}))

@@ -134,3 +134,7 @@ class EditResult:
     working_size: Tuple[int, int]
     warnings: List[str] = field(default_factory=list)
     """What the edit did differently from what was asked, one line each (a prompt cut to 77 tokens)."""
+    raw: Optional[Image.Image] = None
+    """The model's own output for the region of interest (RGB, `working_size`), before the paste-back."""
+    raw_box: Optional[Tuple[int, int, int, int]] = None
+    """(x0, y0, x1, y1) in the input image's pixels that `raw` shows (it may reach past the edges)."""
