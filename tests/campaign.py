@@ -41,3 +41,9 @@ def _status_field(pid: int, name: str) -> int:
 def peak_rss_kib(pid: int) -> int:
     """Peak resident memory of process `pid` in KiB (Linux /proc)."""
     return _status_field(pid, "VmHWM")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start measuring the peak resident memory of process `pid` afresh (Linux: clear_refs 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")

@@ -115,11 +115,14 @@ class Client:
     """A raw DEALER socket speaking the protocol, for tests that need to misbehave too."""
 
     def __init__(
-        self, endpoint: str, server_key: Optional[bytes] = None, client_pair: Optional[Tuple[bytes, bytes]] = None
+        self, endpoint: str, server_key: Optional[bytes] = None, client_pair: Optional[Tuple[bytes, bytes]] = None,
+        routing_id: Optional[bytes] = None,
     ):
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if routing_id is not None:
+            self.socket.setsockopt(zmq.ROUTING_ID, routing_id)
         self.socket.setsockopt(zmq.IPV6, endpoint.startswith("tcp://["))
         if server_key is not None:
             self.socket.curve_serverkey = server_key

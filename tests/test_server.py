@@ -37,7 +37,8 @@ LONG_STEPS = 400
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     process, endpoint = kit.start_server(
-        str(tmp_path_factory.mktemp("server")), ["--queue", "2", "--max-message-mb", str(MAX_MESSAGE_MB)]
+        str(tmp_path_factory.mktemp("server")),
+        ["--queue", "2", "--client-share", "2", "--max-message-mb", str(MAX_MESSAGE_MB)],
     )
     yield endpoint
     assert process.stop(signal.SIGTERM) == 0, process.console()

@@ -12,7 +12,7 @@ import serverkit as kit
 from dragon_server.cli import main
 from dragon_server.serve.endpoints import EndpointError, check_endpoint, is_loopback
 from dragon_server.serve.jobs import Job, JobQueue, QueueFull
-from dragon_server.serve.store import ResultStore
+from dragon_server.serve.store import ENTRY_OVERHEAD, ResultStore
 
 
 @pytest.mark.parametrize(
@@ -43,16 +43,17 @@ def test_malformed_endpoints_are_refused(endpoint):
 
 def test_store_drops_old_results_and_the_oldest_above_its_memory():
     now = [0.0]
-    store = ResultStore(keep_seconds=10, max_bytes=10, clock=lambda: now[0])
+    each = ENTRY_OVERHEAD  # counted for every kept message besides its bytes
+    store = ResultStore(keep_seconds=10, max_bytes=10 + 3 * each, clock=lambda: now[0])
     store.put("a", b"1234")
     now[0] = 5
     store.put("b", b"5678")
-    assert store.get("a") == b"1234" and store.nbytes == 8
+    assert store.get("a") == b"1234" and store.nbytes == 8 + 2 * each
     now[0] = 8
     store.put("c", b"90")
-    store.put("d", b"x")  # 11 bytes: the oldest goes
-    assert store.get("a") is None and store.get("b") == b"5678" and store.nbytes == 7
-    store.put("huge", b"y" * 11)  # over the whole budget: not kept, nothing else lost
+    store.put("d", b"x")  # 11 bytes in 4 messages: the oldest goes
+    assert store.get("a") is None and store.get("b") == b"5678" and store.nbytes == 7 + 3 * each
+    store.put("huge", b"y" * (11 + 2 * each))  # over the whole budget: not kept, nothing else lost
     assert store.get("huge") is None and len(store) == 3
     now[0] = 15.5
     assert store.get("b") is None and store.get("c") == b"90"

@@ -103,6 +103,10 @@ class Client:
         socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().hex.encode())  # survives reconnects underneath
         socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        # Never stop reading the link when Krita's GUI thread is frozen: a receive queue that fills and then
+        # meets a reconnect aborts the whole process inside libzmq (its issue 3937). What an edit sends is
+        # bounded by its steps and the preview rate (one a second), so the queue stays small.
+        socket.setsockopt(zmq.RCVHWM, 0)
         socket.setsockopt(zmq.IPV6, self.address.startswith("tcp://["))
         if self.keys:
             socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self.keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
@@ -37,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow a non-loopback address without encryption or keys (trusted networks only)")
     p.add_argument("--queue", type=int, default=8, metavar="N",
                    help="how many edits may wait behind the running one (default 8)")
+    p.add_argument("--client-share", type=int, metavar="N",
+                   help="most waiting places one client may hold (its key; its connection without keys), so "
+                   "that no client can take every place (default: half the queue, rounded up)")
+    p.add_argument("--max-work", type=float, default=300.0, metavar="MPX_STEPS",
+                   help="most work one edit may ask for: steps x working area in megapixels (default 300, "
+                   "for example 50 steps on 6 megapixels or 500 on 0.6)")
     p.add_argument("--keep-results", type=float, default=3600.0, metavar="SECONDS",
                    help="how long finished results stay fetchable after a client went away (default 3600)")
     p.add_argument("--keep-results-mb", type=int, default=512, metavar="MB",
@@ -47,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
                         "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
+    p.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="most client connections open at once; more are closed at once (default 256)")
+    p.add_argument("--stop-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="on Ctrl-C or SIGTERM, how long to wait for the running edit to stop before leaving it "
+                   "behind and exiting with status 3 (default 30)")
     p.add_argument("--replicas", type=int, metavar="N",
                    help="run N engine replicas on Ray, each with its own model and reuse cache (one GPU each "
                    "on GPUs); edits of the same picture go to the same replica. Needs the cluster extra: "
@@ -101,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         queue_size=args.queue,
+        client_share=args.client_share,
+        max_work=args.max_work,
         keep_seconds=args.keep_results,
         keep_bytes=args.keep_results_mb * 2**20,
         secret_key=args.keys,
@@ -108,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 2**20,
         cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
         faults=faults,
+        stop_wait=args.stop_wait,
+        max_connections=args.max_connections,
         cluster=cluster,
     )
     server = Server(config)
@@ -116,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
     except (BindError, keys.KeyFileError) as error:
         server.close()
         return _fail(str(error), 1)
-    return server.run()
+    code = server.run()
+    if server.abandoned:  # the worker thread is still inside the model: leave without waiting on it
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _endpoints(args: argparse.Namespace) -> list:
@@ -126,19 +146,21 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    for name in ("queue", "keep_results_mb", "max_message_mb"):
-        if getattr(args, name) < 1:
-            raise EndpointError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("queue", "keep_results_mb", "max_message_mb", "client_share", "max_connections"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise EndpointError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 1 <= args.max_work < float("inf"):
+        raise EndpointError(f"--max-work must be a number of at least 1, got {plain(args.max_work)}")
+    if not 0 <= args.stop_wait <= 3600:
+        raise EndpointError(f"--stop-wait must be from 0 to 3600 seconds, got {plain(args.stop_wait)}")
     for name in ("keep_results", "cache_mb"):
         value = getattr(args, name)
         if value is not None and not 0 <= value < float("inf"):
             raise EndpointError(f"--{name.replace('_', '-')} must be a number of at least 0, got {plain(value)}")
     if args.keys is not None:
         keys.load_secret(args.keys)
-        if keys.count_client_keys(args.allowed_clients) == 0:
-            raise keys.KeyFileError(
-                f"{args.allowed_clients} holds no client public keys (*.key): make one with `dragon keys`"
-            )
+        keys.load_allowed_keys(args.allowed_clients)
         return binds
     public = [endpoint for endpoint in binds if not is_loopback(endpoint)]
     if public and not args.insecure:

@@ -102,6 +102,7 @@ class Engine:
         plan = plan_pixels(request, request.working_area or self.components.default_area)
         runner = self.runner
         runner.counts.clear()
+        runner.cancel = cancel
 
         fx0, fy0, fx1, fy1 = plan.frame.box
         preview_box = (fx0, fy0, fx1 - fx0, fy1 - fy0)

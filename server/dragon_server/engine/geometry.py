@@ -76,9 +76,25 @@ class Frame:
         return self.to_work().then(Affine(1 / factor, 1 / factor))
 
     def cut(self, image: Image.Image) -> Image.Image:
-        """The crop, scaled to the working size (areas past the image's edges are black)."""
+        """The crop, scaled to the working size (areas past the image's edges are black).
+
+        Memory is bounded by the image and the working size, however far the box reaches past the
+        image: only the part inside is cropped, scaled and placed on a black canvas.
+        """
         resample = Image.Resampling.LANCZOS if image.mode == "RGB" else Image.Resampling.BILINEAR
-        return image.crop(self.box).resize(self.size, resample)
+        x0, y0, x1, y1 = self.box
+        if x0 >= 0 and y0 >= 0 and x1 <= image.width and y1 <= image.height:
+            return image.crop(self.box).resize(self.size, resample)
+        canvas = Image.new(image.mode, self.size, 0)
+        inside = clip(self.box, image.width, image.height)
+        if inside is None:
+            return canvas
+        to_work = self.to_work()
+        (ax, ay), (bx, by) = to_work(inside[0], inside[1]), to_work(inside[2], inside[3])
+        ax, ay, bx, by = int(round(ax)), int(round(ay)), int(round(bx)), int(round(by))
+        if bx > ax and by > ay:
+            canvas.paste(image.crop(inside).resize((bx - ax, by - ay), resample), (ax, ay))
+        return canvas
 
 
 def union(boxes: Iterable[Optional[Box]]) -> Optional[Box]:
@@ -162,32 +178,50 @@ def blend_mask(region: Image.Image, frame: Frame, grow: float, feather: float) -
         crop = crop.filter(ImageFilter.GaussianBlur(grow / 2)).point(lambda v: 255 if v > 8 else 0)
     if feather > 0:
         crop = ImageChops.lighter(crop.filter(ImageFilter.GaussianBlur(feather / 2)), core)
-    arr = np.asarray(crop).copy()
+    arr = np.asarray(crop)
     edge = max(1, int(math.ceil(feather / 2)))
-    inner = np.zeros_like(arr)
-    inner[edge:-edge or None, edge:-edge or None] = 1
     # Touching the image's own edge is fine; only the crop's inner edges must stay untouched.
-    if x0 == 0:
-        inner[:, :edge] = inner[:, edge:edge + 1]
-    if y0 == 0:
-        inner[:edge, :] = inner[edge:edge + 1, :]
-    if x1 == region.width:
-        inner[:, -edge:] = inner[:, -edge - 1:-edge]
-    if y1 == region.height:
-        inner[-edge:, :] = inner[-edge - 1:-edge, :]
+    rows = _keep(arr.shape[0], edge, y0 > 0, y1 < region.height)
+    columns = _keep(arr.shape[1], edge, x0 > 0, x1 < region.width)
     full = Image.new("L", region.size, 0)
-    full.paste(Image.fromarray(arr * inner), (x0, y0))
+    full.paste(Image.fromarray(arr * rows[:, None] * columns[None, :]), (x0, y0))
     return full
 
 
+def _keep(length: int, edge: int, cut_before: bool, cut_after: bool) -> np.ndarray:
+    """uint8 (length,): 1, except 0 within `edge` of each end that is a cut through the image (not its
+    own edge); any length works, a thin crop included."""
+    keep = np.ones(length, np.uint8)
+    if cut_before:
+        keep[:edge] = 0
+    if cut_after:
+        keep[max(0, length - edge):] = 0
+    return keep
+
+
+BLEND_ROWS = 256
+"""Rows blended at a time: the float work of the final blend stays a few MiB for any picture."""
+
+
 def paste_back(original: Image.Image, edited: Image.Image, frame: Frame, mask: Image.Image) -> Image.Image:
-    """The edited working-size crop scaled back into its frame of `original` and blended through `mask`
-    (full size); where the mask is 0 the result is exactly `original`."""
-    canvas = original.copy()
-    canvas.paste(edited.resize(frame.crop_size, Image.Resampling.LANCZOS), frame.box[:2])
-    a = np.asarray(original, dtype=np.float32)
-    b = np.asarray(canvas, dtype=np.float32)
-    m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
-    out = np.rint(a * (1 - m) + b * m).astype(np.uint8)
-    out = np.where(m > 0, out, np.asarray(original))
-    return Image.fromarray(out, "RGB")
+    """The edited working-size crop scaled back into its frame of `original` (RGB) and blended through
+    `mask` (L, full size, zero outside the frame); where the mask is 0 the result is exactly `original`.
+
+    Only the mask's bounding box is blended, in strips of BLEND_ROWS rows, so the memory beyond the
+    copy of `original` is bounded by the changed frame.
+    """
+    out = original.copy()
+    box = mask.getbbox()
+    if box is None:
+        return out
+    fx, fy = frame.box[:2]
+    scaled = edited.resize(frame.crop_size, Image.Resampling.LANCZOS)
+    x0, y0, x1, y1 = box
+    for top in range(y0, y1, BLEND_ROWS):
+        strip = (x0, top, x1, min(y1, top + BLEND_ROWS))
+        a = np.asarray(original.crop(strip))
+        b = np.asarray(scaled.crop((x0 - fx, top - fy, x1 - fx, strip[3] - fy)), dtype=np.float32)
+        m = np.asarray(mask.crop(strip), dtype=np.float32)[..., None] / 255.0
+        blended = np.rint(a * (1 - m) + b * m).astype(np.uint8)
+        out.paste(Image.fromarray(np.where(m > 0, blended, a), "RGB"), strip[:2])
+    return out

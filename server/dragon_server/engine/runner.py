@@ -15,7 +15,7 @@ from PIL import Image
 from dragon_server.engine.attention import CrossBranchAttention
 from dragon_server.engine.meter import Meter
 from dragon_server.engine.models import Components
-from dragon_server.engine.request import NumericError
+from dragon_server.engine.request import EditCancelled, NumericError
 from dragon_server.engine.unet import Trunk, features_from, head, trunk, unet_forward
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ class Runner:
         self.attention = CrossBranchAttention.of(components.unet)
         self.counts: Counter = Counter()
         self.meter: Optional[Meter] = None
+        self.cancel: Optional[Callable[[], bool]] = None
+        """Asked before every UNet pass: True stops the edit there with EditCancelled, so a cancel waits
+        for one pass at most, whatever the schedule does between progress steps."""
         self._texts: Dict[str, torch.Tensor] = {}
 
     def stage(self, name: str) -> ContextManager:
@@ -72,6 +75,7 @@ class Runner:
     def noise(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Predicted noise (no gradient), fp32, for latents (B, 4, h, w) of any float dtype, whatever the
         model predicts (see `as_noise`)."""
+        self._checkpoint()
         self.count("forward", z.shape[0])
         return self.as_noise(unet_forward(self.c.unet, z.to(self.c.dtype), t, text).float(), z.float(), t)
 
@@ -87,6 +91,10 @@ class Runner:
             return a.sqrt() * prediction + (1 - a).sqrt() * z
         return (z - a.sqrt() * prediction) / (1 - a).sqrt()
 
+    def _checkpoint(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise EditCancelled()
+
     def features(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> List[torch.Tensor]:
         """Guidance features by an early-exit pass; differentiable when grad is enabled."""
         return self.features_from(self.trunk(z, t, text))
@@ -94,6 +102,7 @@ class Runner:
     def trunk(self, z: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> Trunk:
         """The start of a forward (no decoder self-attention yet), to share between passes; `z` of any
         float dtype (a gradient flows back to it in its own dtype)."""
+        self._checkpoint()
         return trunk(self.c.unet, z.to(self.c.dtype), t, text)
 
     def features_from(self, state: Trunk) -> List[torch.Tensor]:

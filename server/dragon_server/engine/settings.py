@@ -10,9 +10,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import FrozenSet, Mapping
+from typing import FrozenSet, Mapping, Tuple
 
 from dragon_server.engine.request import GUIDANCES, InputError, Mode
+
+RANGES: Mapping[str, Tuple[float, float]] = {
+    "w_edit": (0.0, 100.0), "w_content": (0.0, 100.0), "w_contrast": (0.0, 100.0), "w_inpaint": (0.0, 100.0),
+    "alpha": (0.1, 100.0), "beta": (0.0, 100.0),
+    "step_size": (0.0, 1.0), "energy_scale": (0.0, 20000.0), "cfg_scale": (0.0, 30.0),
+    "guidance_end": (0.0, 1.0), "dense_guidance_end": (0.0, 1.0),
+    "time_travel_start": (0.0, 1.0), "time_travel_end": (0.0, 1.0),
+    "time_travel_every": (1, 500), "time_travel_repeats": (1, 10),
+    "sde_start": (0.0, 1.0), "sde_end": (0.0, 1.0), "sde_eta": (0.0, 1.0),
+    "bank_start": (0.0, 1.0), "bank_end": (0.0, 1.0),
+    "drag_patch": (1, 15),
+}
+"""The allowed range (inclusive) of every numeric setting: fractions of the step count lie in [0, 1], a
+positive alpha keeps each energy finite (S lies in [0, 1]), and the caps on repeats and gains keep one
+edit's work bounded and its result finite. Values outside are refused with InputError (`bad_input`)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,9 @@ class MethodSettings:
             kind = names[key].type
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise InputError(f"setting '{key}' must be a finite number, got {value!r}")
+            low, high = RANGES[key]
+            if not low <= value <= high:
+                raise InputError(f"setting '{key}' must be from {low:g} to {high:g}, got {value:g}")
             if kind == "int":
                 if value != int(value) or value < 1:
                     raise InputError(f"setting '{key}' must be a positive whole number, got {value!r}")

@@ -22,6 +22,8 @@ class Job:
     owner: str
     route: bytes
     peer: str
+    client: str = ""
+    """Who the job counts against in a client's share of the queue: its key, or its connection without keys."""
     received: float = field(default_factory=time.monotonic)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "client"
@@ -37,24 +39,35 @@ class Job:
 
 
 class QueueFull(Exception):
-    """The queue holds its maximum number of waiting jobs."""
+    """The queue, or the client's share of it, holds its maximum of waiting jobs; the message says which."""
 
 
 class JobQueue:
-    """Waiting jobs in arrival order plus the one the worker runs; safe to use from both threads."""
+    """Waiting jobs in arrival order plus the one the worker runs; safe to use from both threads.
 
-    def __init__(self, capacity: int):
+    One client (`Job.client`) may hold at most `share` of the `capacity` waiting places, so that one
+    client cannot take every place and starve the others.
+    """
+
+    def __init__(self, capacity: int, share: Optional[int] = None):
         self.capacity = capacity
+        self.share = capacity if share is None else share
         self._waiting: Deque[Job] = collections.deque()
         self._running: Optional[Job] = None
         self._closed = False
         self._cond = threading.Condition()
 
     def put(self, job: Job) -> int:
-        """Append `job`; return how many jobs are ahead of it. Raise QueueFull when full."""
+        """Append `job`; return how many jobs are ahead of it. Raise QueueFull when the queue or the
+        client's share is full."""
         with self._cond:
             if len(self._waiting) >= self.capacity:
-                raise QueueFull
+                raise QueueFull(f"the queue is full ({self.capacity} waiting); try again later")
+            if sum(1 for waiting in self._waiting if waiting.client == job.client) >= self.share:
+                raise QueueFull(
+                    f"you have {self.share} edits waiting already, the most one client may on this server; "
+                    "send more when one has started"
+                )
             self._waiting.append(job)
             self._cond.notify()
             return self._ahead(len(self._waiting) - 1)

@@ -48,6 +48,7 @@ class ServerLink:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # a full receive queue and a reconnect abort libzmq (issue 3937)
         self.socket.setsockopt(zmq.IPV6, is_ipv6(server))
         try:
             if server_key is not None:
@@ -60,8 +61,14 @@ class ServerLink:
             self.close()
             raise LinkError(f"cannot connect to {server}: {error}") from None
 
-    def send(self, message: Message) -> None:
-        self.socket.send(encode(message))
+    def send(self, message: Message) -> bool:
+        """Queue `message` for the server without waiting; False when it cannot be queued now (no
+        connection: the server is not there or refused the handshake). Callers find out from the silence."""
+        try:
+            self.socket.send(encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def receive(self, timeout: float) -> Optional[Message]:
         """The next message from the server, or None after `timeout` seconds without one."""

@@ -6,9 +6,15 @@ import collections
 import time
 from typing import Callable, Hashable, Optional, OrderedDict, Tuple
 
+ENTRY_OVERHEAD = 512
+"""Bytes counted for each kept message besides its payload: its key, the object headers and the ordered
+map's bookkeeping (about 450 measured with tracemalloc), so that many tiny results cannot exceed the
+budget in real memory."""
+
 
 class ResultStore:
-    """Encoded terminal messages by key, dropped after `keep_seconds` or oldest-first above `max_bytes`."""
+    """Encoded terminal messages by key, dropped after `keep_seconds` or oldest-first above `max_bytes`
+    (payloads plus ENTRY_OVERHEAD each)."""
 
     def __init__(self, keep_seconds: float, max_bytes: int, clock: Callable[[], float] = time.monotonic):
         self.keep_seconds = keep_seconds
@@ -20,10 +26,10 @@ class ResultStore:
     def put(self, key: Hashable, data: bytes) -> None:
         """Keep `data` under `key`, replacing what was there; a message over the whole budget is not kept."""
         self.discard(key)
-        if len(data) > self.max_bytes:
+        if len(data) + ENTRY_OVERHEAD > self.max_bytes:
             return
         self._items[key] = (self._clock(), data)
-        self._bytes += len(data)
+        self._bytes += len(data) + ENTRY_OVERHEAD
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._items)))
 
@@ -47,7 +53,7 @@ class ResultStore:
             self._drop(key)
 
     def _drop(self, key: Hashable) -> None:
-        self._bytes -= len(self._items.pop(key)[1])
+        self._bytes -= len(self._items.pop(key)[1]) + ENTRY_OVERHEAD
 
     def __len__(self) -> int:
         return len(self._items)

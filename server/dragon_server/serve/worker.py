@@ -27,10 +27,13 @@ from dragon_server.engine import (
     ProgressEvent,
 )
 from dragon_server.serve.faults import Faults
-from dragon_server.serve.images import image_to_png, png_to_image
+from dragon_server.serve.images import RESOURCE_ERRORS, image_to_png, png_to_image
 from dragon_server.serve.jobs import Job, JobQueue
 
 log = logging.getLogger("dragon.worker")
+
+INTERNAL_ERROR_TEXT = "the server failed on this edit (a bug: its console has the details); other edits go on"
+"""What a client is told of a server bug: the details (exception, traceback) stay in the server's log."""
 
 
 @dataclass
@@ -89,7 +92,7 @@ class Worker(threading.Thread):
         if engine is None:
             return {}
         return {"model": engine.model_name, "device": str(engine.device), "dtype": str(engine.dtype),
-                "cache": engine.cache.info()}
+                "cache": engine.cache.info(), "default_area": engine.components.default_area}
 
     def _run(self, job: Job) -> tuple[bytes, str]:
         """Run one job; return its encoded terminal message and a word for the log."""
@@ -110,14 +113,21 @@ class Worker(threading.Thread):
             return encode(Error(id=edit.id, code=error.code, message=_one_line(error))), error.code
         except (torch.cuda.OutOfMemoryError, MemoryError) as error:
             log.warning("request %s: out of memory: %s", edit.id, _one_line(error))
+        except OSError as error:
+            if error.errno not in RESOURCE_ERRORS:
+                log.exception("request %s failed unexpectedly", edit.id)
+                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=INTERNAL_ERROR_TEXT)), INTERNAL_ERROR
+            log.error("request %s: the server ran out of resources: %s", edit.id, _one_line(error))
+            text = f"the server ran out of {RESOURCE_ERRORS[error.errno]} for this edit; try again later"
+            return encode(Error(id=edit.id, code=OUT_OF_MEMORY, message=text)), OUT_OF_MEMORY
         except RuntimeError as error:
             if "out of memory" not in str(error):
                 log.exception("request %s failed unexpectedly", edit.id)
-                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+                return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=INTERNAL_ERROR_TEXT)), INTERNAL_ERROR
             log.warning("request %s: out of memory: %s", edit.id, _one_line(error))
-        except Exception as error:  # a bug must fail this request only, never the server
+        except Exception:  # a bug must fail this request only, never the server
             log.exception("request %s failed unexpectedly", edit.id)
-            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=_one_line(error))), INTERNAL_ERROR
+            return encode(Error(id=edit.id, code=INTERNAL_ERROR, message=INTERNAL_ERROR_TEXT)), INTERNAL_ERROR
         return self._out_of_memory(edit), OUT_OF_MEMORY
 
     def _out_of_memory(self, edit: Edit) -> bytes:
