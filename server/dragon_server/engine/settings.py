@@ -26,8 +26,10 @@ RANGES: Mapping[str, Tuple[float, float]] = {
     "drag_patch": (1, 15),
 }
 """The allowed range (inclusive) of every numeric setting: fractions of the step count lie in [0, 1], a
-positive alpha keeps each energy finite (S lies in [0, 1]), and the caps on repeats and gains keep one
-edit's work bounded and its result finite. Values outside are refused with InputError (`bad_input`)."""
+positive alpha keeps each energy finite where S lies in [0, 1] (the release's raw cosine for move lies in
+[-1, 1], where its own 1 + 4 cos could vanish; an edit that diverges is refused, never returned), and the
+caps on repeats and gains keep one edit's work bounded. Values outside are refused with InputError
+(`bad_input`)."""
 
 
 @dataclass(frozen=True)
