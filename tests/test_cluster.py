@@ -36,8 +36,9 @@ from dragon_protocol import (
     encode,
 )
 from dragon_server.cli import main
-from dragon_server.serve import cluster
-from dragon_server.serve.cluster import ClusterConfig, Replicas, choose_replica, ray_installed, routing_key
+from dragon_server.commands import serve as serve_command
+from dragon_server.commands.serve import ray_installed
+from dragon_server.serve.cluster import ClusterConfig, Replicas, choose_replica, routing_key
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, QueueFull
 
@@ -327,7 +328,7 @@ def serve(*args: str) -> int:
 
 
 def test_replicas_without_ray_installed_is_one_line_naming_the_extra(monkeypatch, capsys):
-    monkeypatch.setattr(cluster, "ray_installed", lambda: False)
+    monkeypatch.setattr(serve_command, "ray_installed", lambda: False)
     assert serve("--replicas", "2") == 2
     err = capsys.readouterr().err
     assert '.[cluster]' in err and len(err.strip().splitlines()) == 1

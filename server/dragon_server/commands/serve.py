@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -182,13 +183,19 @@ def _cluster(args: argparse.Namespace, threads: int):
         if args.spill:
             raise EndpointError("--spill goes with --replicas or --ray")
         return None
-    from dragon_server.serve.cluster import INSTALL_HINT, ClusterConfig, ray_installed
+    from dragon_server.serve.cluster import INSTALL_HINT, ClusterConfig
 
     if not ray_installed():
         raise EndpointError(f"--replicas and --ray need Ray. {INSTALL_HINT}")
     if args.replicas is not None and args.replicas < 1:
         raise EndpointError("--replicas must be at least 1")
     return ClusterConfig(replicas=args.replicas or 1, address=args.ray, spill=args.spill, threads=threads)
+
+
+def ray_installed() -> bool:
+    """Whether the cluster extra (Ray) is installed, without importing it (here, not in the serving code,
+    which never imports by name)."""
+    return importlib.util.find_spec("ray") is not None
 
 
 def _fail(message: str, code: int) -> int:

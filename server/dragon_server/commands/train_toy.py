@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from dragon_server.toy.train import TrainConfig, Trainer
+from dragon_server.toy.config import TrainConfig
 
 TOY_FOLDER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "toy", "model")
 
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if config.problem():
         sys.stderr.write(f"dragon train-toy: error: {config.problem()}\n")
         return 2
+    from dragon_server.toy.train import Trainer
+
     Trainer(config, args.work, args.checkpoint_minutes).run(args.out, args.export_only)
     print(f"toy model written to {args.out}")
     if args.pictures:

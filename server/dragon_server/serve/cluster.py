@@ -15,7 +15,6 @@ Ray is imported only here, and only when the server starts replicas: `dragon ser
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import queue
@@ -49,11 +48,6 @@ _LOCAL_RAY_ENVIRONMENT = {
     # A single-machine Ray: its node address is loopback, so every Ray port listens on 127.0.0.1 only.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
-
-
-def ray_installed() -> bool:
-    """Whether the cluster extra (Ray) is installed, without importing it."""
-    return importlib.util.find_spec("ray") is not None
 
 
 @dataclass(frozen=True)
