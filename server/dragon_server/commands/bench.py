@@ -67,12 +67,19 @@ def add_dragbench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
 
 
-def run_quality(args: argparse.Namespace) -> int:
-    """Set the thread count, then run `dragon_server.quality.run`."""
+def _threads_set(args: argparse.Namespace, command: str) -> bool:
+    """Set the thread count; False, after one line on stderr, when the option is wrong."""
     try:
         use_threads(args.threads)
     except ValueError as error:
-        sys.stderr.write(f"dragon bench quality: error: {error}\n")
+        sys.stderr.write(f"dragon bench {command}: error: {error}\n")
+        return False
+    return True
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Set the thread count, then run `dragon_server.quality.run`."""
+    if not _threads_set(args, "quality"):
         return 2
     from dragon_server.quality import run as measure
 
@@ -81,10 +88,7 @@ def run_quality(args: argparse.Namespace) -> int:
 
 def run_dragbench(args: argparse.Namespace) -> int:
     """Set the thread count, then run `dragon_server.dragbench.run`."""
-    try:
-        use_threads(args.threads)
-    except ValueError as error:
-        sys.stderr.write(f"dragon bench dragbench: error: {error}\n")
+    if not _threads_set(args, "dragbench"):
         return 2
     from dragon_server.dragbench import run as measure
 
