@@ -53,7 +53,7 @@ from dragon_server.serve.cluster import ClusterConfig, Replicas
 from dragon_server.serve.endpoints import is_ipv6
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
-from dragon_server.serve.lograte import RepeatLimiter
+from dragon_server.serve.lograte import SERVING_LOGGERS, RepeatLimiter
 from dragon_server.serve.store import ResultStore
 from dragon_server.serve.worker import Worker, WorkerEvent
 
@@ -166,8 +166,9 @@ class Server:
         self.front = self.context.socket(zmq.ROUTER)
         self.wake_in = self.context.socket(zmq.PAIR)
         self.curve = self.config.secret_key is not None
-        self.log_limiter = RepeatLimiter().attach(log)
-        """Refused messages are logged 10 per kind and 10 s, then summarised (a flood writes no megabytes)."""
+        self.log_limiter = RepeatLimiter().attach(*SERVING_LOGGERS)
+        """Every kind of line (refused messages, accepted or cancelled edits, ...) is logged 10 times per 10 s,
+        then summarised: a flood of messages writes no megabytes."""
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -524,8 +525,7 @@ class Server:
         if self.auth is not None:
             self.auth.stop()
         self.context.term()
-        self.log_limiter.flush()
-        log.removeFilter(self.log_limiter)
+        self.log_limiter.detach()
 
 
 def _hang_up(fd: int) -> None:
