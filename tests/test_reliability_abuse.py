@@ -603,6 +603,106 @@ def test_idle_connections_cannot_exhaust_descriptors(tmp_path):
     record("abuse: idle connections opened against a limit of 10", scaled(60))
 
 
+def zmtp_dealer(endpoint: str):
+    """A raw TCP connection that has said what a DEALER socket says first (ZMTP 3.0 greeting, NULL
+    security, READY), so that it can then send a frame's header and only part of its body."""
+    import socket
+
+    host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    try:
+        connection.sendall(b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+                           + b"\x04" + bytes([len(ready)]) + ready)
+    except OSError:  # hung up at once: one connection too many
+        pass
+    return connection
+
+
+def send_part_of_a_frame(connection, size: int, part: int) -> bool:
+    """Send the header of a `size`-byte frame and its first `part` bytes; False when the server hung up."""
+    try:
+        connection.sendall(b"\x02" + struct.pack(">Q", size) + os.urandom(1024) * (part // 1024))
+        return True
+    except OSError:
+        return False
+
+
+def hung_up(connection, seconds: float) -> bool:
+    """Whether the server closed `connection` within `seconds` (what it sent before is skipped)."""
+    connection.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not connection.recv(65536):
+                return True
+    except OSError:  # reset, or the timeout
+        return time.monotonic() < deadline
+    return False
+
+
+PENDING_MB, MESSAGE_MB = 64, 8
+
+
+def test_half_sent_messages_hold_at_most_the_pending_budget(tmp_path):
+    """--max-pending-mb bounds the memory of messages still arriving, all connections together: the
+    connections default to as many as hold a whole message each, so 24 connections that send the header
+    and most of a message's body and stall grow the server's memory by at most the budget (plus slack;
+    three times the budget without it), a client keeps being served meanwhile, and a frame over
+    --max-message-mb drops its connection. An inconsistent combination is refused at start, in one line."""
+    process, endpoint = kit.start_server(
+        str(tmp_path), ["--max-pending-mb", str(PENDING_MB), "--max-message-mb", str(MESSAGE_MB)])
+    pid = process.process.pid
+    stalled = []
+    try:
+        with kit.Client(endpoint) as client:
+            client.send(Ping(nonce=1))
+            assert client.expect((Pong,), 10).nonce == 1
+            reset_peak_rss(pid)
+            before = rss_kib(pid)
+            for _ in range(scaled(24)):
+                connection = zmtp_dealer(endpoint)
+                stalled.append(connection)
+                if send_part_of_a_frame(connection, MESSAGE_MB << 20, (MESSAGE_MB << 20) - (512 << 10)):
+                    time.sleep(0.05)
+            time.sleep(1.0)
+            grown_mb = (peak_rss_kib(pid) - before) / 1024
+            client.send(Ping(nonce=2))
+            assert client.expect((Pong,), 10).nonce == 2
+            edit = kit.move_edit(steps=2)
+            client.send(edit)
+            assert isinstance(client.expect(TERMINAL, 60, edit.id), Result)
+        for connection in stalled:
+            connection.close()
+        time.sleep(0.5)
+        over = zmtp_dealer(endpoint)
+        send_part_of_a_frame(over, (MESSAGE_MB << 20) + 1, 1024)
+        assert hung_up(over, 5.0), "a frame over --max-message-mb was not refused"
+        over.close()
+    finally:
+        for connection in stalled:
+            connection.close()
+        assert process.stop() == 0
+    log = process.console()
+    assert "at most 64 MiB: 8 connections of at most 8 MiB (--max-pending-mb)" in log, log
+    assert grown_mb < PENDING_MB + 40, f"half-sent messages grew the server's memory by {grown_mb:.0f} MiB"
+    record("abuse: connections stalled in the middle of a message, against a budget of 64 MiB", scaled(24))
+    record("abuse: growth of the server's peak memory for them, MiB", int(grown_mb))
+
+
+@pytest.mark.parametrize("options, fix", [
+    (["--max-connections", "9"], "give --max-connections 8 or less, or --max-message-mb 7 or less, or "
+                                 "--max-pending-mb 72 or more"),
+    (["--max-message-mb", "128"], "raise it to 128 or more, or lower --max-message-mb"),
+])
+def test_an_inconsistent_pending_budget_is_refused_at_start(capsys, options, fix):
+    capsys.readouterr()
+    code = main(["serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{kit.free_port()}",
+                 "--max-pending-mb", str(PENDING_MB), "--max-message-mb", str(MESSAGE_MB), *options])
+    err = capsys.readouterr().err
+    assert code == 2 and fix in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_a_flood_of_refused_messages_writes_a_few_log_lines(server):
     """20000 one-byte messages are answered (while the client's queue has room) and the server goes on,
     but they are logged 10 times and then summarised."""

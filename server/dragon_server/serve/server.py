@@ -104,8 +104,10 @@ class ServerConfig:
     """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
     cache_bytes: Optional[int] = None
     """Memory kept for reuse between edits of the same picture; None: the engine's default."""
-    max_connections: int = 256
-    """Most client connections open at once (idle and half-sent ones included); more are closed at once."""
+    max_connections: int = 16
+    """Most client connections open at once (idle and half-sent ones included); more are closed at once.
+    With `max_message_bytes` it bounds the memory of half-sent messages (their product; see the command's
+    --max-pending-mb, which sets it)."""
     stop_wait: float = SHUTDOWN_WAIT_S
     """Seconds a stop waits for the running edit to end before abandoning it (exit status 3)."""
     faults: Faults = field(default_factory=Faults)
@@ -349,7 +351,8 @@ class Server:
                 for route in [route for route, (_, held) in self.routes.items() if held == fd]:
                     del self.routes[route]
             elif len(self.connections) >= self.config.max_connections:
-                log.warning("connection refused: %d are open, the most this server takes (--max-connections)",
+                log.warning("connection refused: %d are open, the most this server takes (--max-connections, "
+                            "--max-pending-mb)",
                             len(self.connections))
                 _hang_up(fd)
             else:
