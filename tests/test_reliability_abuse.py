@@ -521,47 +521,98 @@ def test_a_running_edit_that_does_not_stop_cannot_keep_the_server_alive(tmp_path
     record("abuse: servers stopped with a hung edit, exit status 3")
 
 
-class FullForAWhile:
-    """A stand-in for the server's socket whose client's send queue is full for `seconds` after the first
-    try (the client reads again a little after the stop); it closes the real socket with it."""
+STALLING_CLIENT = """
+import json, select, sys, time
+import zmq
+sys.path.insert(0, {tests!r})
+import serverkit as kit
+from dragon_protocol import Ping, Progress, decode, encode
 
-    def __init__(self, real: zmq.Socket, seconds: float):
-        self.real, self.seconds = real, seconds
-        self.first_try: float = 0.0
-        self.sent: list = []
+socket = zmq.Context.instance().socket(zmq.DEALER)
+socket.setsockopt(zmq.RCVHWM, 4)
+socket.setsockopt(zmq.RCVBUF, 4096)
+socket.setsockopt(zmq.LINGER, 0)
+socket.connect({endpoint!r})
+edits = [kit.move_edit("streams", steps=200, preview_interval=0.001)]
+edits += [kit.move_edit(f"waits-{{n}}", steps=2) for n in range({queued})]
+for edit in edits:
+    socket.send(encode(edit))
+heard = {{edit.id: [] for edit in edits}}
 
-    def send_multipart(self, frames, flags: int = 0) -> None:
-        self.first_try = self.first_try or time.monotonic()
-        if time.monotonic() - self.first_try < self.seconds:
-            raise zmq.Again()
-        self.sent.append(frames)
+def read(until):
+    previews = 0
+    while time.monotonic() < until and socket.poll(max(1, int((until - time.monotonic()) * 1000))):
+        message = decode(socket.recv())
+        if hasattr(message, "id"):
+            heard[message.id].append(type(message).__name__)
+            previews += isinstance(message, Progress) and message.preview is not None
+    return previews
 
-    def close(self, linger=None) -> None:
-        self.real.close(0)
+deadline, previews = time.monotonic() + 60, 0
+while time.monotonic() < deadline and not (all(heard.values()) and previews):
+    previews += read(time.monotonic() + 0.05)
+print("stalled", flush=True)
+while not select.select([sys.stdin], [], [], 0.2)[0]:  # not reading until told; the previews stream on,
+    for nonce in range(500):  # and pings answered fill the send queue in between
+        try:
+            socket.send(encode(Ping(nonce=nonce)), zmq.NOBLOCK)
+        except zmq.Again:
+            break
+sys.stdin.readline()
+read(time.monotonic() + 8)
+print(json.dumps(heard), flush=True)
+"""
 
 
-@pytest.mark.parametrize("full_for", [0.3, 1.5])
-def test_cancelled_reaches_a_client_whose_send_queue_is_full_at_shutdown(full_for):
-    """A queued edit's `cancelled` meets a full send queue when the server stops: it is sent again while
-    the server lingers (2 s), so it arrives once the client reads again, exactly once."""
-    import threading
+def stop_under_a_full_queue(tmp_path, queued: int):
+    """Start a server, let STALLING_CLIENT fill its send queue, SIGTERM the server and let the client read
+    again half a second later; return what the client heard about each edit, and the exit status."""
+    import json
+    import signal
+    import subprocess
+    import sys
 
-    from dragon_server.serve.jobs import Job
-    from dragon_server.serve.server import Server, ServerConfig
+    process, endpoint = kit.start_server(str(tmp_path), [])
+    script = STALLING_CLIENT.format(tests=os.path.dirname(__file__), endpoint=endpoint, queued=queued)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        assert child.stdout.readline().strip() == "stalled"
+        deadline = time.monotonic() + 30
+        while "its client is not reading" not in process.console() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "request streams: its client is not reading" in process.console(), process.console()[-2000:]
+        process.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        child.stdin.write("read\n")
+        child.stdin.flush()
+        heard = json.loads(child.stdout.readline())
+        assert child.wait(30) == 0
+        return heard, process.process.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        process.stop()
 
-    server = Server(ServerConfig(binds=[]))
-    fake = FullForAWhile(server.front, full_for)
-    server.front = fake
-    server.worker = threading.Thread()  # never started: nothing is running
-    server._wake_out = server.context.socket(zmq.PAIR)
-    job = Job(edit=kit.move_edit("queued-at-stop"), owner="", route=b"route", peer="?")
-    server.jobs.put(job)
-    server.active[job.key] = job
-    started = time.monotonic()
-    server._shutdown()
-    assert fake.sent == [[b"route", kit.encode(Cancelled(id="queued-at-stop", reason="shutdown"))]]
-    assert time.monotonic() - started < full_for + 1.0
-    record("abuse: cancelled delivered at shutdown through a full send queue")
+
+def test_cancelled_reaches_a_live_client_that_stopped_reading_when_the_server_stops(tmp_path):
+    """A real client with a small receive queue stops reading while the server streams previews to it (and
+    answers its pings), so that its send queue is full; SIGTERM; the client reads again half a second
+    later, within the linger time (2 s): every edit it had accepted ends with exactly one `cancelled`, last,
+    and the server exits 0 (no abort, no core dump). Before, the `cancelled` went into the queue behind the
+    progress and was lost when the server closed (after 1 s, or at once with a reset when the client's
+    bytes were left unread)."""
+    queued = 3
+    for round in range(scaled(1)):
+        (tmp_path / str(round)).mkdir()
+        heard, code = stop_under_a_full_queue(tmp_path / str(round), queued)
+        assert code == 0
+        assert sorted(heard) == sorted(["streams"] + [f"waits-{n}" for n in range(queued)])
+        for request_id, kinds in heard.items():
+            assert kinds[0] == "Accepted" and kinds[-1] == "Cancelled", (request_id, kinds[:3], kinds[-3:])
+            assert sum(kind in ("Cancelled", "Result", "Error") for kind in kinds) == 1, (request_id, kinds[-5:])
+        record("abuse: live clients stopped reading at SIGTERM, every accepted edit cancelled once", 1 + queued)
 
 
 # -- 4. memory, descriptors and log lines under abuse --------------------------------------------------

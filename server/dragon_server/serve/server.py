@@ -287,7 +287,9 @@ class Server:
             self.info.state = "failed"
             self.exit_code = 1
         elif event.kind == "progress":
-            self._send(job.route, job.owner, event.payload)
+            if not self._send(job.route, job.owner, event.payload) and not job.unread:
+                job.unread = True
+                log.info("request %s: its client is not reading: progress is dropped until it reads", job.edit.id)
         elif event.kind == "done":
             self._finish(job, event.payload)
             log.info(
@@ -486,6 +488,8 @@ class Server:
     def _shutdown(self) -> None:
         """Cancel waiting and running work, tell its clients, wait for the worker, close the sockets."""
         failed = self.info.state == "failed"
+        told = bool(self.active)
+        """Whether clients are told their edits ended: they get the whole linger time to read it."""
         for job in self.jobs.close():
             if failed:
                 message = Error(id=job.edit.id, code=MODEL_UNAVAILABLE, message="the model could not be loaded")
@@ -500,6 +504,7 @@ class Server:
             while self.worker.is_alive() and time.monotonic() < deadline:
                 self.worker.join(0.1)
                 self._drain_events()
+                self._discard_incoming()
                 self._retry()
             if self.worker.is_alive():
                 log.error("request %s did not stop within %g s: stopping without it",
@@ -509,22 +514,35 @@ class Server:
         self._drain_events()
         for job in list(self.active.values()):  # did not stop in time
             self._finish(job, encode(Error(id=job.edit.id, code=SHUTTING_DOWN, message="the server stopped")))
+        # A terminal message may wait behind a full queue of progress, or not be queued yet (`undelivered`):
+        # both go out as the client reads, until the linger time is over.
         deadline = time.monotonic() + SHUTDOWN_LINGER_S
-        while self.undelivered and time.monotonic() < deadline:  # clients whose queue is full, read on
+        while (told or self.undelivered) and time.monotonic() < deadline:
             time.sleep(0.02)
+            self._discard_incoming()
             self._retry()
         with self._wake_lock:
             self._wake_out.close(0)
             self._wake_out = None
-        self.close()
+        self.close(linger=max(0.0, deadline - time.monotonic()))
         log.info("stopped")
 
-    def close(self) -> None:
-        """Close the sockets (waiting up to LINGER for replies to leave) and stop the authenticator."""
+    def _discard_incoming(self) -> None:
+        """While stopping: read and drop what clients still send. Closing a connection with bytes unread
+        resets it, and a reset throws away what its client has not read yet (its `cancelled`)."""
+        for _ in range(1000):
+            try:
+                self.front.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+
+    def close(self, linger: Optional[float] = None) -> None:
+        """Close the sockets, waiting up to `linger` seconds (None: the socket's 1 s) for queued messages to
+        leave, and stop the authenticator."""
         self.wake_in.close(0)
         if self.monitor is not None:
             self.monitor.close(0)
-        self.front.close()
+        self.front.close(None if linger is None else int(linger * 1000))
         if self.auth is not None:
             self.auth.stop()
         self.context.term()
