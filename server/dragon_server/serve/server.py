@@ -488,8 +488,7 @@ class Server:
     def _shutdown(self) -> None:
         """Cancel waiting and running work, tell its clients, wait for the worker, close the sockets."""
         failed = self.info.state == "failed"
-        told = bool(self.active)
-        """Whether clients are told their edits ended: they get the whole linger time to read it."""
+        told = bool(self.active)  # clients are told their edits ended: they get the linger time to read it
         for job in self.jobs.close():
             if failed:
                 message = Error(id=job.edit.id, code=MODEL_UNAVAILABLE, message="the model could not be loaded")
