@@ -13,6 +13,8 @@ the edit should have put it:
 - `arrival`: share of its new place (not overlapping its old one) in its colour;
 - `size`: object area after / before (resize; the right answer is the scale squared);
 - `colour`: distance (RGB, 0-255) from the object's mean colour to the reference's (appearance);
+- `match`: PSNR (dB) against the expected picture on the pixels the edit touches (not appearance): low
+  for a ghost, a hole, or false colours anywhere in the edited area;
 - `bg_psnr`: PSNR (dB) of the model's own output, before the paste-back, against the input, on the
   pixels more than `FAR` pixels from anything the edit touches;
 - `seconds`: the edit's wall time.
@@ -206,7 +208,7 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
     found = object_map(out, prep.colour)
     before = object_map(prep.image, prep.colour)
     figures: Dict[str, Optional[float]] = {"distance": None, "ghost": None, "arrival": None, "size": None,
-                                           "colour": None, "fill": None}
+                                           "colour": None, "fill": None, "match": None}
     if case.mode != "appearance":
         window = prep.touched if case.mode != "drag" else prep.touched | prep.target
         centre, goal = _centre(found & window), _centre(prep.target)
@@ -218,6 +220,8 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
         if old_only.any() and prep.target_image is not None:
             diff = np.asarray(out, np.float32) - np.asarray(prep.target_image, np.float32)
             figures["fill"] = float(np.linalg.norm(diff, axis=-1)[old_only].mean())
+        if prep.target_image is not None:
+            figures["match"] = psnr(np.asarray(out)[prep.touched], np.asarray(prep.target_image)[prep.touched])
     if case.mode == "resize":
         figures["size"] = float(found[prep.touched].sum() / max(1, before[prep.touched].sum()))
     if case.mode == "appearance":
@@ -277,7 +281,8 @@ def summary(rows: Sequence[Row]) -> Dict[str, Dict[str, Dict[str, float]]]:
 
 COLUMNS = (("distance", "dist px", "{:8.1f}"), ("ghost", "ghost", "{:6.2f}"), ("fill", "fill", "{:6.1f}"),
            ("arrival", "arrive", "{:6.2f}"),
-           ("size", "size", "{:5.2f}"), ("colour", "colour", "{:6.1f}"), ("bg_psnr", "bg dB", "{:6.1f}"),
+           ("size", "size", "{:5.2f}"), ("colour", "colour", "{:6.1f}"), ("match", "match dB", "{:8.1f}"),
+           ("bg_psnr", "bg dB", "{:6.1f}"),
            ("seconds", "sec", "{:6.1f}"))
 
 
