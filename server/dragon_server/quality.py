@@ -234,14 +234,16 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
     return figures
 
 
-def request_for(case: Case, prep: Prepared, condition: str, steps: int, seed: int = 0) -> EditRequest:
-    """The engine request of `case` under `condition` (control: strength 0 with the release's guidance)."""
+def request_for(case: Case, prep: Prepared, condition: str, steps: int, seed: int = 0,
+                strength: float = 1.0) -> EditRequest:
+    """The engine request of `case` under `condition`: the guidance at `strength` (a factor on the model's
+    own strength), or for the control strength 0 with the release's guidance."""
     mode = Mode.MOVE if case.mode == "resize" else Mode(case.mode)
     guidance = "release" if condition == "control" else condition
     fields = dict(prep.request)
     if mode in (Mode.APPEARANCE,):
         fields.pop("arrows")
-    return EditRequest(mode, steps=steps, seed=seed, strength=0.0 if condition == "control" else 1.0,
+    return EditRequest(mode, steps=steps, seed=seed, strength=0.0 if condition == "control" else strength,
                        guidance=guidance, **fields)
 
 
@@ -255,15 +257,16 @@ class Row:
 
 
 def run_cases(engine: Engine, selected: Sequence[Case], conditions: Sequence[str], steps: int,
-              progress=None) -> List[Row]:
-    """Every case under every condition; `progress(text)` is called before each edit."""
+              progress=None, strength: float = 1.0) -> List[Row]:
+    """Every case under every condition (guided ones at `strength`); `progress(text)` is called before
+    each edit."""
     rows = []
     for case in selected:
         prep = prepare(case)
         for condition in conditions:
             if progress is not None:
                 progress(f"{case.name} / {condition}")
-            result = engine.edit(request_for(case, prep, condition, steps))
+            result = engine.edit(request_for(case, prep, condition, steps, strength=strength))
             rows.append(Row(case.name, case.mode, condition, score(case, prep, result), result.image))
     return rows
 
@@ -349,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 2:
         sys.stderr.write("dragon bench quality: error: --steps must be at least 2\n")
         return 2
+    if not (math.isfinite(args.strength) and 0 < args.strength <= 100):
+        sys.stderr.write("dragon bench quality: error: --strength must be a number above 0 and at most 100\n")
+        return 2
     try:
         engine = Engine.load(args.model, args.device, args.dtype)
     except EditError as exc:
@@ -357,15 +363,17 @@ def run(args: argparse.Namespace) -> int:
     selected = [c for c in cases() if c.mode in modes]
     factors = ", ".join(f"{m} {engine.components.strength_for(m):g}" for m in ("move", "drag", "appearance", "paste"))
     sys.stdout.write(f"dragon bench quality: {args.model} (strength factors {factors}) on "
-                     f"{engine.device}, {args.steps} steps, {len(selected)} cases x {len(conditions)} conditions\n")
+                     f"{engine.device}, {args.steps} steps, strength x{args.strength:g}, {len(selected)} cases x "
+                     f"{len(conditions)} conditions\n")
     rows = run_cases(engine, selected, conditions, args.steps,
-                     lambda text: (sys.stderr.write(f"  {text}\n"), sys.stderr.flush()))
+                     lambda text: (sys.stderr.write(f"  {text}\n"), sys.stderr.flush()), args.strength)
     sys.stdout.write(table(rows) + "\n")
     contact_sheet(selected, rows).save(args.sheet)
     sys.stdout.write(f"contact sheet: {args.sheet}\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "strength": dict(engine.components.strength), "steps": args.steps,
+            json.dump({"model": args.model, "strength": dict(engine.components.strength),
+                       "strength_factor": args.strength, "steps": args.steps,
                        "rows": [{"case": r.case, "mode": r.mode, "condition": r.condition, **r.figures}
                                 for r in rows], "summary": summary(rows)}, f, indent=1)
     return 0
