@@ -27,6 +27,13 @@ def test_toy_loads_offline_as_sd1_with_its_defaults(monkeypatch):
     assert {t.dtype for t in weights.values()} == {torch.float16}
 
 
+def test_the_training_defaults_are_those_of_the_committed_model():
+    from dataclasses import asdict
+
+    with open(os.path.join(TOY_MODEL, "dragon.json")) as f:
+        assert json.load(f)["training"] == asdict(TrainConfig())
+
+
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not readable JSON"),
     ('{"strength": -1}', "'strength' must be a positive number"),

@@ -13,6 +13,8 @@ the edit should have put it:
 - `arrival`: share of its new place (not overlapping its old one) in its colour;
 - `size`: object area after / before (resize; the right answer is the scale squared);
 - `colour`: distance (RGB, 0-255) from the object's mean colour to the reference's (appearance);
+- `match`: PSNR (dB) against the expected picture on the pixels the edit touches (not appearance): low
+  for a ghost, a hole, or false colours anywhere in the edited area;
 - `bg_psnr`: PSNR (dB) of the model's own output, before the paste-back, against the input, on the
   pixels more than `FAR` pixels from anything the edit touches;
 - `seconds`: the edit's wall time.
@@ -206,7 +208,7 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
     found = object_map(out, prep.colour)
     before = object_map(prep.image, prep.colour)
     figures: Dict[str, Optional[float]] = {"distance": None, "ghost": None, "arrival": None, "size": None,
-                                           "colour": None, "fill": None}
+                                           "colour": None, "fill": None, "match": None}
     if case.mode != "appearance":
         window = prep.touched if case.mode != "drag" else prep.touched | prep.target
         centre, goal = _centre(found & window), _centre(prep.target)
@@ -218,6 +220,8 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
         if old_only.any() and prep.target_image is not None:
             diff = np.asarray(out, np.float32) - np.asarray(prep.target_image, np.float32)
             figures["fill"] = float(np.linalg.norm(diff, axis=-1)[old_only].mean())
+        if prep.target_image is not None:
+            figures["match"] = psnr(np.asarray(out)[prep.touched], np.asarray(prep.target_image)[prep.touched])
     if case.mode == "resize":
         figures["size"] = float(found[prep.touched].sum() / max(1, before[prep.touched].sum()))
     if case.mode == "appearance":
@@ -230,14 +234,16 @@ def score(case: Case, prep: Prepared, result: EditResult) -> Dict[str, Optional[
     return figures
 
 
-def request_for(case: Case, prep: Prepared, condition: str, steps: int, seed: int = 0) -> EditRequest:
-    """The engine request of `case` under `condition` (control: strength 0 with the release's guidance)."""
+def request_for(case: Case, prep: Prepared, condition: str, steps: int, seed: int = 0,
+                strength: float = 1.0) -> EditRequest:
+    """The engine request of `case` under `condition`: the guidance at `strength` (a factor on the model's
+    own strength), or for the control strength 0 with the release's guidance."""
     mode = Mode.MOVE if case.mode == "resize" else Mode(case.mode)
     guidance = "release" if condition == "control" else condition
     fields = dict(prep.request)
     if mode in (Mode.APPEARANCE,):
         fields.pop("arrows")
-    return EditRequest(mode, steps=steps, seed=seed, strength=0.0 if condition == "control" else 1.0,
+    return EditRequest(mode, steps=steps, seed=seed, strength=0.0 if condition == "control" else strength,
                        guidance=guidance, **fields)
 
 
@@ -251,15 +257,16 @@ class Row:
 
 
 def run_cases(engine: Engine, selected: Sequence[Case], conditions: Sequence[str], steps: int,
-              progress=None) -> List[Row]:
-    """Every case under every condition; `progress(text)` is called before each edit."""
+              progress=None, strength: float = 1.0) -> List[Row]:
+    """Every case under every condition (guided ones at `strength`); `progress(text)` is called before
+    each edit."""
     rows = []
     for case in selected:
         prep = prepare(case)
         for condition in conditions:
             if progress is not None:
                 progress(f"{case.name} / {condition}")
-            result = engine.edit(request_for(case, prep, condition, steps))
+            result = engine.edit(request_for(case, prep, condition, steps, strength=strength))
             rows.append(Row(case.name, case.mode, condition, score(case, prep, result), result.image))
     return rows
 
@@ -277,7 +284,8 @@ def summary(rows: Sequence[Row]) -> Dict[str, Dict[str, Dict[str, float]]]:
 
 COLUMNS = (("distance", "dist px", "{:8.1f}"), ("ghost", "ghost", "{:6.2f}"), ("fill", "fill", "{:6.1f}"),
            ("arrival", "arrive", "{:6.2f}"),
-           ("size", "size", "{:5.2f}"), ("colour", "colour", "{:6.1f}"), ("bg_psnr", "bg dB", "{:6.1f}"),
+           ("size", "size", "{:5.2f}"), ("colour", "colour", "{:6.1f}"), ("match", "match dB", "{:8.1f}"),
+           ("bg_psnr", "bg dB", "{:6.1f}"),
            ("seconds", "sec", "{:6.1f}"))
 
 
@@ -344,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 2:
         sys.stderr.write("dragon bench quality: error: --steps must be at least 2\n")
         return 2
+    if not (math.isfinite(args.strength) and 0 < args.strength <= 100):
+        sys.stderr.write("dragon bench quality: error: --strength must be a number above 0 and at most 100\n")
+        return 2
     try:
         engine = Engine.load(args.model, args.device, args.dtype)
     except EditError as exc:
@@ -352,15 +363,17 @@ def run(args: argparse.Namespace) -> int:
     selected = [c for c in cases() if c.mode in modes]
     factors = ", ".join(f"{m} {engine.components.strength_for(m):g}" for m in ("move", "drag", "appearance", "paste"))
     sys.stdout.write(f"dragon bench quality: {args.model} (strength factors {factors}) on "
-                     f"{engine.device}, {args.steps} steps, {len(selected)} cases x {len(conditions)} conditions\n")
+                     f"{engine.device}, {args.steps} steps, strength x{args.strength:g}, {len(selected)} cases x "
+                     f"{len(conditions)} conditions\n")
     rows = run_cases(engine, selected, conditions, args.steps,
-                     lambda text: (sys.stderr.write(f"  {text}\n"), sys.stderr.flush()))
+                     lambda text: (sys.stderr.write(f"  {text}\n"), sys.stderr.flush()), args.strength)
     sys.stdout.write(table(rows) + "\n")
     contact_sheet(selected, rows).save(args.sheet)
     sys.stdout.write(f"contact sheet: {args.sheet}\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "strength": dict(engine.components.strength), "steps": args.steps,
+            json.dump({"model": args.model, "strength": dict(engine.components.strength),
+                       "strength_factor": args.strength, "steps": args.steps,
                        "rows": [{"case": r.case, "mode": r.mode, "condition": r.condition, **r.figures}
                                 for r in rows], "summary": summary(rows)}, f, indent=1)
     return 0

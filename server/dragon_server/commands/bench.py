@@ -44,6 +44,8 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated subset of move,resize,drag,appearance,paste (default all)")
     p.add_argument("--conditions", default="control,release,paper",
                    help="comma-separated subset of control,release,paper (default all)")
+    p.add_argument("--strength", type=float, default=1.0, metavar="F",
+                   help="guidance strength of the guided conditions, a factor on the model's own (default 1)")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     p.add_argument("--sheet", metavar="PNG", default="quality-sheet.png",
                    help="contact sheet path (default quality-sheet.png)")

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
@@ -251,8 +251,9 @@ class Trainer:
         self.save()
         self.export(out)
 
-    def export(self, out: str, strength: Optional[float] = None) -> None:
-        """Write the diffusers folder: fp16 safetensors, scheduler, tokenizer and the model's defaults."""
+    def export(self, out: str) -> None:
+        """Write the diffusers folder: fp16 safetensors, scheduler, tokenizer and the model's defaults (a
+        `dragon.json` already there keeps its strengths; training facts are updated)."""
         import diffusers
 
         diffusers.utils.logging.set_verbosity_error()
@@ -276,7 +277,5 @@ class Trainer:
                 settings = json.load(f)
         settings.update({"working_area": self.config.size ** 2, "training": asdict(self.config),
                          "final_losses": {k: round(v, 5) for k, v in self.losses.items()}})
-        if strength is not None:
-            settings["strength"] = strength
         with open(settings_path, "w") as f:
             json.dump(settings, f, indent=2)
