@@ -38,11 +38,35 @@ def test_affine_compose_and_invert():
 
 def test_warp_mask_moves_scales_and_clips():
     m = square((40, 40), (10, 10, 20, 20))
-    assert mask_box(warp_mask(m, Affine.about((15, 15), 1, (7, 3)), (40, 40))) == (17, 13, 27, 23)
-    assert mask_box(warp_mask(m, Affine.about((15, 15), 2, (0, 0)), (40, 40)), 127) == (5, 5, 25, 25)
-    assert mask_box(warp_mask(m, Affine.about((15, 15), 0.5, (0, 0)), (40, 40)), 127) == (13, 13, 17, 17)
+    assert mask_box(warp_mask(m, Affine.about((15, 15), 1, (7, 3)), (0, 0, 40, 40))) == (17, 13, 27, 23)
+    assert mask_box(warp_mask(m, Affine.about((15, 15), 2, (0, 0)), (0, 0, 40, 40)), 127) == (5, 5, 25, 25)
+    assert mask_box(warp_mask(m, Affine.about((15, 15), 0.5, (0, 0)), (0, 0, 40, 40)), 127) == (13, 13, 17, 17)
     # pushed partly off the canvas: clipped, not an error
-    assert mask_box(warp_mask(m, Affine.about((15, 15), 1, (25, 0)), (40, 40)), 127) == (35, 10, 40, 20)
+    assert mask_box(warp_mask(m, Affine.about((15, 15), 1, (25, 0)), (0, 0, 40, 40)), 127) == (35, 10, 40, 20)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.5, 1.37])
+def test_a_warped_window_is_that_part_of_the_whole_warp(scale):
+    """The plan warps masks only in the frame (or around the moved object): the same pixels as the part
+    of a whole-picture warp, and the same box as the whole warp's."""
+    from dragon_server.engine.geometry import shift, warped_box
+
+    m = square((300, 200), (100, 60, 140, 90))
+    moved = Affine.about((120, 75), scale, (37.3, -11.6))
+    whole = warp_mask(m, moved, (0, 0, 300, 200))
+    for window in [(50, 20, 260, 180), (0, 0, 300, 200), (117, 41, 118, 170)]:
+        part = np.asarray(warp_mask(m, moved, window)).astype(int)
+        assert np.abs(part - np.asarray(whole.crop(window))).max() <= 1, window
+    for threshold in (0, 127):
+        assert warped_box(m, moved, mask_box(m), 300, 200, threshold) == mask_box(whole, threshold)
+    assert shift((1, 2, 3, 4), 10, 20) == (11, 22, 13, 24)
+
+
+def whole(mask: Image.Image, frame: Frame, size) -> np.ndarray:
+    """A mask of the frame (as the plan makes them) on a canvas of the whole picture's `size`."""
+    canvas = Image.new("L", size, 0)
+    canvas.paste(mask, frame.box[:2])
+    return np.asarray(canvas)
 
 
 @pytest.mark.parametrize("w,h,area", [(100, 100, 512 * 512), (300, 90, 768 * 768), (64, 640, 128 * 128)])
@@ -78,7 +102,7 @@ def test_small_edit_on_large_canvas_gets_context_not_the_whole_canvas():
 def test_blend_mask_is_zero_outside_the_region_of_interest():
     region = square((100, 100), (40, 40, 60, 60))
     frame = Frame((20, 20, 80, 80), (128, 128))
-    m = np.asarray(blend_mask(region, frame, grow=3, feather=4))
+    m = whole(blend_mask(region.crop(frame.box), frame, region.size, grow=3, feather=4), frame, region.size)
     assert m[50, 50] == 255
     assert m[:21].max() == 0 and m[79:].max() == 0 and m[:, :21].max() == 0 and m[:, 79:].max() == 0
     assert m[40:60, 40:60].min() == 255
@@ -87,7 +111,8 @@ def test_blend_mask_is_zero_outside_the_region_of_interest():
 
 def test_blend_mask_may_touch_the_image_edge():
     region = square((100, 100), (0, 40, 20, 60))
-    m = np.asarray(blend_mask(region, Frame((0, 20, 60, 80), (64, 64)), grow=2, feather=2))
+    frame = Frame((0, 20, 60, 80), (64, 64))
+    m = whole(blend_mask(region.crop(frame.box), frame, region.size, grow=2, feather=2), frame, region.size)
     assert m[50, 0] == 255
 
 
@@ -95,9 +120,13 @@ def test_paste_back_keeps_pixels_outside_the_mask_exactly():
     original, _ = make_scene()
     edited = Image.new("RGB", (128, 128), (0, 255, 0))
     frame = Frame((20, 20, 100, 100), (128, 128))
-    mask = blend_mask(square((128, 128), (40, 40, 60, 60)), frame, 2, 3)
-    out = np.asarray(paste_back(original, edited, frame, mask))
-    m = np.asarray(mask)
+    mask = blend_mask(square((128, 128), (40, 40, 60, 60)).crop(frame.box), frame, (128, 128), 2, 3)
+    patch, patch_mask, (x, y, w, h) = paste_back(original, edited, frame, mask)
+    assert patch.size == patch_mask.size == (w, h) and (x, y, w, h) == (34, 34, 32, 32)
+    out = original.copy()
+    out.paste(patch, (x, y))
+    out = np.asarray(out)
+    m = whole(mask, frame, (128, 128))
     assert (out[m == 0] == np.asarray(original)[m == 0]).all()
     assert (out[m == 255] == [0, 255, 0]).all()
 

@@ -407,28 +407,67 @@ def test_long_thin_pictures_are_edited_in_bounded_memory(server, name):
 
 
 def test_a_huge_flat_picture_is_blended_in_bounded_memory(server):
-    """An 8000x8000 picture (a small message) with a small edit: only the changed frame is blended, so
-    the server's memory grows by the decoded picture, its mask and the result, not by float copies."""
+    """An 8000x8000 picture (a small message) with a small edit: the server's memory grows by the decoded
+    picture and mask, and by the edit's frame only (no full-size mask, float copy or result)."""
     process, endpoint = server
     pid = process.process.pid
     size = (8000, 8000)
     edit = Edit(id="huge-flat", mode="move", image=flat(size), mask=box_mask(size, (4000, 4000, 4060, 4060)),
                 arrows=[(4030.0, 4030.0, 4070.0, 4040.0)], steps=2)
-    reset_peak_rss(pid)
-    before = rss_kib(pid)
     with kit.Client(endpoint) as client:
+        warm = kit.move_edit(steps=2)  # the server's first edit allocates what every edit reuses
+        client.send(warm)
+        client.expect(TERMINAL, 60, warm.id)
+        reset_peak_rss(pid)
+        before = rss_kib(pid)
         client.send(edit)
         end = client.expect(TERMINAL, 180, edit.id)
-    assert isinstance(end, Result) and end.size == size, end
+    assert isinstance(end, Result) and end.size == size and end.box[2] < 200, end
     grown_mb = (peak_rss_kib(pid) - before) / 1024
     assert grown_mb < HUGE_PICTURE_MB, f"the server's peak memory grew by {grown_mb:.0f} MiB"
     record("abuse: 8000x8000 picture, peak memory growth in MiB", int(grown_mb))
 
 
-HUGE_PICTURE_MB = 1000
-"""Bound on the peak memory growth of one 64-megapixel edit (about 800 MiB measured; 4 GB before the
-blend was bounded): the picture and the result as 8-bit RGB (183 MiB each), the masks the plan makes at
-full size (61 MiB each) and the working frame; the blend's float work is a few MiB."""
+HUGE_PICTURE_MB = 360
+"""Bound on the peak memory growth of one 64-megapixel edit: the picture and its mask decoded (8-bit RGB
+and L: 244 MiB, some 300 as Pillow holds them) and the edit's frame (285 MiB measured; 723 when the plan
+made full-size masks and the result a full-size copy, 3.7 GB when the blend worked on the whole picture in
+float32)."""
+
+
+@pytest.mark.parametrize("mode", ["move", "drag", "appearance", "paste"])
+def test_editing_a_huge_picture_costs_only_its_frame(tiny_engine, mode):
+    """Once a 64-megapixel picture and its masks are decoded, planning, guiding and blending a small edit
+    of it, and making its `result` message, raise the peak memory by what its frame needs: a few MiB,
+    not a full-size mask (61 MiB), and every pixel outside the changed box is the input's."""
+    from dragon_server.serve.worker import result_message, to_engine_request
+
+    size = (8000, 8000)
+    fields = {
+        "move": dict(mask=box_mask(size, (4000, 4000, 4060, 4060)), arrows=[(4030.0, 4030.0, 4070.0, 4040.0)]),
+        "drag": dict(arrows=[(4030.0, 4030.0, 4070.0, 4040.0)]),
+        "appearance": dict(mask=box_mask(size, (4000, 4000, 4060, 4060)), reference=flat((64, 64), (20, 200, 40)),
+                           reference_mask=box_mask((64, 64), (10, 10, 50, 50))),
+        "paste": dict(reference=flat((64, 64), (20, 200, 40)), reference_mask=box_mask((64, 64), (10, 10, 50, 50)),
+                      arrows=[(30.0, 30.0, 4030.0, 4030.0)]),
+    }[mode]
+    request = to_engine_request(Edit(id="huge", mode=mode, image=flat(size), steps=2, **fields))
+    small = dict(fields, arrows=[tuple(v - 4000 for v in arrow) for arrow in fields.get("arrows", [])],
+                 mask=box_mask((128, 128), (0, 0, 60, 60)) if "mask" in fields else None)
+    if mode == "paste":
+        small["arrows"] = [(30.0, 30.0, 30.0, 30.0)]
+    tiny_engine.edit(to_engine_request(Edit(id="warm", mode=mode, image=flat((128, 128)), steps=2, **small)))
+    pid = os.getpid()
+    reset_peak_rss(pid)
+    before = rss_kib(pid)
+    result = tiny_engine.edit(request)
+    message = result_message("huge", result, 0.0)
+    grown_mb = (peak_rss_kib(pid) - before) / 1024
+    assert grown_mb < 24, f"{mode}: the edit raised the peak memory by {grown_mb:.0f} MiB"
+    x, y, w, h = message.box
+    assert message.size == size and 0 < w < 400 and 0 < h < 400, message.box
+    assert result.patch.size == (w, h) and result.picture is request.image
+    record(f"abuse: 64-megapixel {mode} edit, peak MiB beyond the decoded picture", int(grown_mb))
 
 
 # -- 6. shutdown --------------------------------------------------------------------------------------
@@ -521,47 +560,98 @@ def test_a_running_edit_that_does_not_stop_cannot_keep_the_server_alive(tmp_path
     record("abuse: servers stopped with a hung edit, exit status 3")
 
 
-class FullForAWhile:
-    """A stand-in for the server's socket whose client's send queue is full for `seconds` after the first
-    try (the client reads again a little after the stop); it closes the real socket with it."""
+STALLING_CLIENT = """
+import json, select, sys, time
+import zmq
+sys.path.insert(0, {tests!r})
+import serverkit as kit
+from dragon_protocol import Ping, Progress, decode, encode
 
-    def __init__(self, real: zmq.Socket, seconds: float):
-        self.real, self.seconds = real, seconds
-        self.first_try: float = 0.0
-        self.sent: list = []
+socket = zmq.Context.instance().socket(zmq.DEALER)
+socket.setsockopt(zmq.RCVHWM, 4)
+socket.setsockopt(zmq.RCVBUF, 4096)
+socket.setsockopt(zmq.LINGER, 0)
+socket.connect({endpoint!r})
+edits = [kit.move_edit("streams", steps=200, preview_interval=0.001)]
+edits += [kit.move_edit(f"waits-{{n}}", steps=2) for n in range({queued})]
+for edit in edits:
+    socket.send(encode(edit))
+heard = {{edit.id: [] for edit in edits}}
 
-    def send_multipart(self, frames, flags: int = 0) -> None:
-        self.first_try = self.first_try or time.monotonic()
-        if time.monotonic() - self.first_try < self.seconds:
-            raise zmq.Again()
-        self.sent.append(frames)
+def read(until):
+    previews = 0
+    while time.monotonic() < until and socket.poll(max(1, int((until - time.monotonic()) * 1000))):
+        message = decode(socket.recv())
+        if hasattr(message, "id"):
+            heard[message.id].append(type(message).__name__)
+            previews += isinstance(message, Progress) and message.preview is not None
+    return previews
 
-    def close(self, linger=None) -> None:
-        self.real.close(0)
+deadline, previews = time.monotonic() + 60, 0
+while time.monotonic() < deadline and not (all(heard.values()) and previews):
+    previews += read(time.monotonic() + 0.05)
+print("stalled", flush=True)
+while not select.select([sys.stdin], [], [], 0.2)[0]:  # not reading until told; the previews stream on,
+    for nonce in range(500):  # and pings answered fill the send queue in between
+        try:
+            socket.send(encode(Ping(nonce=nonce)), zmq.NOBLOCK)
+        except zmq.Again:
+            break
+sys.stdin.readline()
+read(time.monotonic() + 8)
+print(json.dumps(heard), flush=True)
+"""
 
 
-@pytest.mark.parametrize("full_for", [0.3, 1.5])
-def test_cancelled_reaches_a_client_whose_send_queue_is_full_at_shutdown(full_for):
-    """A queued edit's `cancelled` meets a full send queue when the server stops: it is sent again while
-    the server lingers (2 s), so it arrives once the client reads again, exactly once."""
-    import threading
+def stop_under_a_full_queue(tmp_path, queued: int):
+    """Start a server, let STALLING_CLIENT fill its send queue, SIGTERM the server and let the client read
+    again half a second later; return what the client heard about each edit, and the exit status."""
+    import json
+    import signal
+    import subprocess
+    import sys
 
-    from dragon_server.serve.jobs import Job
-    from dragon_server.serve.server import Server, ServerConfig
+    process, endpoint = kit.start_server(str(tmp_path), [])
+    script = STALLING_CLIENT.format(tests=os.path.dirname(__file__), endpoint=endpoint, queued=queued)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        assert child.stdout.readline().strip() == "stalled"
+        deadline = time.monotonic() + 30
+        while "its client is not reading" not in process.console() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "request streams: its client is not reading" in process.console(), process.console()[-2000:]
+        process.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        child.stdin.write("read\n")
+        child.stdin.flush()
+        heard = json.loads(child.stdout.readline())
+        assert child.wait(30) == 0
+        return heard, process.process.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        process.stop()
 
-    server = Server(ServerConfig(binds=[]))
-    fake = FullForAWhile(server.front, full_for)
-    server.front = fake
-    server.worker = threading.Thread()  # never started: nothing is running
-    server._wake_out = server.context.socket(zmq.PAIR)
-    job = Job(edit=kit.move_edit("queued-at-stop"), owner="", route=b"route", peer="?")
-    server.jobs.put(job)
-    server.active[job.key] = job
-    started = time.monotonic()
-    server._shutdown()
-    assert fake.sent == [[b"route", kit.encode(Cancelled(id="queued-at-stop", reason="shutdown"))]]
-    assert time.monotonic() - started < full_for + 1.0
-    record("abuse: cancelled delivered at shutdown through a full send queue")
+
+def test_cancelled_reaches_a_live_client_that_stopped_reading_when_the_server_stops(tmp_path):
+    """A real client with a small receive queue stops reading while the server streams previews to it (and
+    answers its pings), so that its send queue is full; SIGTERM; the client reads again half a second
+    later, within the linger time (2 s): every edit it had accepted ends with exactly one `cancelled`, last,
+    and the server exits 0 (no abort, no core dump). Before, the `cancelled` went into the queue behind the
+    progress and was lost when the server closed (after 1 s, or at once with a reset when the client's
+    bytes were left unread)."""
+    queued = 3
+    for round in range(scaled(1)):
+        (tmp_path / str(round)).mkdir()
+        heard, code = stop_under_a_full_queue(tmp_path / str(round), queued)
+        assert code == 0
+        assert sorted(heard) == sorted(["streams"] + [f"waits-{n}" for n in range(queued)])
+        for request_id, kinds in heard.items():
+            assert kinds[0] == "Accepted" and kinds[-1] == "Cancelled", (request_id, kinds[:3], kinds[-3:])
+            assert sum(kind in ("Cancelled", "Result", "Error") for kind in kinds) == 1, (request_id, kinds[-5:])
+        record("abuse: live clients stopped reading at SIGTERM, every accepted edit cancelled once", 1 + queued)
 
 
 # -- 4. memory, descriptors and log lines under abuse --------------------------------------------------
@@ -598,9 +688,109 @@ def test_idle_connections_cannot_exhaust_descriptors(tmp_path):
         for connection in idle:
             connection.close()
         assert process.stop() == 0
-    refusals = process.console().count("connection refused:")
-    assert 0 < refusals <= 10, refusals
+    refusals = len(re.findall(r"^\S+ connection refused:", process.console(), flags=re.M))
+    assert 0 < refusals <= 10 and "more lines like 'connection refused: *" in process.console(), refusals
     record("abuse: idle connections opened against a limit of 10", scaled(60))
+
+
+def zmtp_dealer(endpoint: str):
+    """A raw TCP connection that has said what a DEALER socket says first (ZMTP 3.0 greeting, NULL
+    security, READY), so that it can then send a frame's header and only part of its body."""
+    import socket
+
+    host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    try:
+        connection.sendall(b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+                           + b"\x04" + bytes([len(ready)]) + ready)
+    except OSError:  # hung up at once: one connection too many
+        pass
+    return connection
+
+
+def send_part_of_a_frame(connection, size: int, part: int) -> bool:
+    """Send the header of a `size`-byte frame and its first `part` bytes; False when the server hung up."""
+    try:
+        connection.sendall(b"\x02" + struct.pack(">Q", size) + os.urandom(1024) * (part // 1024))
+        return True
+    except OSError:
+        return False
+
+
+def hung_up(connection, seconds: float) -> bool:
+    """Whether the server closed `connection` within `seconds` (what it sent before is skipped)."""
+    connection.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not connection.recv(65536):
+                return True
+    except OSError:  # reset, or the timeout
+        return time.monotonic() < deadline
+    return False
+
+
+PENDING_MB, MESSAGE_MB = 64, 8
+
+
+def test_half_sent_messages_hold_at_most_the_pending_budget(tmp_path):
+    """--max-pending-mb bounds the memory of messages still arriving, all connections together: the
+    connections default to as many as hold a whole message each, so 24 connections that send the header
+    and most of a message's body and stall grow the server's memory by at most the budget (plus slack;
+    three times the budget without it), a client keeps being served meanwhile, and a frame over
+    --max-message-mb drops its connection. An inconsistent combination is refused at start, in one line."""
+    process, endpoint = kit.start_server(
+        str(tmp_path), ["--max-pending-mb", str(PENDING_MB), "--max-message-mb", str(MESSAGE_MB)])
+    pid = process.process.pid
+    stalled = []
+    try:
+        with kit.Client(endpoint) as client:
+            client.send(Ping(nonce=1))
+            assert client.expect((Pong,), 10).nonce == 1
+            reset_peak_rss(pid)
+            before = rss_kib(pid)
+            for _ in range(scaled(24)):
+                connection = zmtp_dealer(endpoint)
+                stalled.append(connection)
+                if send_part_of_a_frame(connection, MESSAGE_MB << 20, (MESSAGE_MB << 20) - (512 << 10)):
+                    time.sleep(0.05)
+            time.sleep(1.0)
+            grown_mb = (peak_rss_kib(pid) - before) / 1024
+            client.send(Ping(nonce=2))
+            assert client.expect((Pong,), 10).nonce == 2
+            edit = kit.move_edit(steps=2)
+            client.send(edit)
+            assert isinstance(client.expect(TERMINAL, 60, edit.id), Result)
+        for connection in stalled:
+            connection.close()
+        time.sleep(0.5)
+        over = zmtp_dealer(endpoint)
+        send_part_of_a_frame(over, (MESSAGE_MB << 20) + 1, 1024)
+        assert hung_up(over, 5.0), "a frame over --max-message-mb was not refused"
+        over.close()
+    finally:
+        for connection in stalled:
+            connection.close()
+        assert process.stop() == 0
+    log = process.console()
+    assert "at most 64 MiB: 8 connections of at most 8 MiB (--max-pending-mb)" in log, log
+    assert grown_mb < PENDING_MB + 40, f"half-sent messages grew the server's memory by {grown_mb:.0f} MiB"
+    record("abuse: connections stalled in the middle of a message, against a budget of 64 MiB", scaled(24))
+    record("abuse: growth of the server's peak memory for them, MiB", int(grown_mb))
+
+
+@pytest.mark.parametrize("options, fix", [
+    (["--max-connections", "9"], "give --max-connections 8 or less, or --max-message-mb 7 or less, or "
+                                 "--max-pending-mb 72 or more"),
+    (["--max-message-mb", "128"], "raise it to 128 or more, or lower --max-message-mb"),
+])
+def test_an_inconsistent_pending_budget_is_refused_at_start(capsys, options, fix):
+    capsys.readouterr()
+    code = main(["serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{kit.free_port()}",
+                 "--max-pending-mb", str(PENDING_MB), "--max-message-mb", str(MESSAGE_MB), *options])
+    err = capsys.readouterr().err
+    assert code == 2 and fix in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_flood_of_refused_messages_writes_a_few_log_lines(server):
@@ -624,9 +814,56 @@ def test_a_flood_of_refused_messages_writes_a_few_log_lines(server):
             written += log.read()
     assert answers > count // 2  # the others met a full send queue: replies to a client that does not read
     assert len(re.findall(r"^\S+ bad message from", written, flags=re.M)) <= 10 and len(written) < 10_000, written
-    assert re.search(r"\d+ more lines like 'bad message from ...' were not logged", written), written
+    assert re.search(r"\d+ more lines like 'bad message from \*: \*: \*' were not logged", written), written
     record("abuse: refused messages in a flood", count)
     record("abuse: log bytes written for the flood", len(written))
+
+
+def test_a_flood_of_valid_requests_writes_a_few_info_lines(tmp_path):
+    """Info lines are limited too: 1000 tiny edits, each accepted and cancelled at once behind a running
+    edit (two info lines each), write 10 lines of each kind per 10 s, and the summaries count every line
+    held back."""
+    process, endpoint = kit.start_server(str(tmp_path), [])
+    count, batch = scaled(1000), 50
+    kinds = {"request * from *: *, * arrows, * steps, * KiB; * ahead": r"^\S+ request tiny-\d+ from ",
+             "request *: cancelled while queued": r"^\S+ request tiny-\d+: cancelled while queued"}
+
+    def accounted(written: str) -> dict:
+        """Per kind: tiny lines logged plus lines the summaries say were held back."""
+        return {kind: len(re.findall(line, written, flags=re.M))
+                + sum(int(n) for n in re.findall(rf"(\d+) more lines like '{re.escape(kind)}'", written))
+                for kind, line in kinds.items()}
+
+    try:
+        with open(process.log_path) as log:
+            log.seek(0, os.SEEK_END)
+            with kit.Client(endpoint) as client:
+                running = kit.move_edit(steps=500)
+                client.send(running)
+                client.expect((Progress,), 60, running.id)
+                tiny, ends = kit.move_edit(steps=2), 0
+                for start in range(0, count, batch):
+                    for number in range(start, min(count, start + batch)):
+                        client.send(Edit(**dict(vars(tiny), id=f"tiny-{number}")))
+                        client.send(Cancel(id=f"tiny-{number}"))
+                    while ends < min(count, start + batch):
+                        message = client.receive(30.0)
+                        assert message is not None and not isinstance(message, Error), (ends, message)
+                        ends += isinstance(message, Cancelled) and message.id.startswith("tiny-")
+                client.send(Cancel(id=running.id))
+                client.expect((Cancelled,), 60, running.id)
+            written, deadline = "", time.monotonic() + 25  # a summary comes when its 10 s window ends
+            while set(accounted(written).values()) != {count} and time.monotonic() < deadline:
+                time.sleep(0.5)
+                written += log.read()
+    finally:
+        assert process.stop() == 0
+    assert accounted(written) == dict.fromkeys(kinds, count), written[-3000:]
+    windows = len(re.findall(r"more lines like 'request \* from", written))
+    assert 0 < len(re.findall(kinds["request * from *: *, * arrows, * steps, * KiB; * ahead"], written, re.M)) \
+        <= 10 * windows and len(written) < 20_000, written[-3000:]
+    record("abuse: tiny edits accepted and cancelled in a flood (2 info lines each)", count)
+    record("abuse: log bytes written for them", len(written))
 
 
 def test_many_tiny_kept_results_stay_within_the_store_budget():

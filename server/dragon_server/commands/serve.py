@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import sys
+from typing import Optional
 
 from dragon_protocol.limits import MAX_MESSAGE_BYTES
 from dragon_server.numbers import plain
@@ -16,6 +17,9 @@ from dragon_server.serve.link import DEFAULT_SERVER
 from dragon_server.threads import ThreadsError, add_threads_argument, use_threads
 
 log = logging.getLogger("dragon.server")
+
+MAX_PENDING_MB = 4096
+"""Default bound on the memory of half-sent messages, all connections together."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,8 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=int, metavar="MB",
                    help="memory kept to reuse the work on a picture between its edits (default: a quarter "
                         "of the GPU's memory, or of the host's on a CPU; 0 turns reuse off)")
-    p.add_argument("--max-connections", type=int, default=256, metavar="N",
-                   help="most client connections open at once; more are closed at once (default 256)")
+    p.add_argument("--max-pending-mb", type=int, default=MAX_PENDING_MB, metavar="MB",
+                   help="memory that messages still arriving may hold in all: --max-connections x "
+                   f"--max-message-mb must fit in it (default {MAX_PENDING_MB})")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="most client connections open at once; more are closed at once (default: as many as "
+                   "--max-pending-mb holds messages of --max-message-mb, 16 at the defaults)")
     p.add_argument("--stop-wait", type=float, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C or SIGTERM, how long to wait for the running edit to stop before leaving it "
                    "behind and exiting with status 3 (default 30)")
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         binds = _endpoints(args)
+        connections = connection_limit(args.max_pending_mb, args.max_message_mb, args.max_connections)
         threads = use_threads(args.threads)
         cluster = _cluster(args, threads)
     except (EndpointError, keys.KeyFileError, ThreadsError) as error:
@@ -106,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if faults.crash_ids and cluster is None:
         return _fail("DRAGON_TEST_FAULTS: crash@ID needs --replicas or --ray", 2)
     log.info("using %d CPU thread%s for the model's math (--threads)", threads, "" if threads == 1 else "s")
+    log.info("messages still arriving hold at most %d MiB: %d connections of at most %d MiB (--max-pending-mb)",
+             connections * args.max_message_mb, connections, args.max_message_mb)
     if faults:
         log.warning("WARNING: test-only fault injection is on (DRAGON_TEST_FAULTS): %s", faults)
 
@@ -124,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         cache_bytes=None if args.cache_mb is None else args.cache_mb * 2**20,
         faults=faults,
         stop_wait=args.stop_wait,
-        max_connections=args.max_connections,
+        max_connections=connections,
         cluster=cluster,
     )
     server = Server(config)
@@ -147,7 +158,7 @@ def _endpoints(args: argparse.Namespace) -> list:
         raise EndpointError("--keys and --allowed-clients go together: give both or neither")
     if args.insecure and args.keys:
         raise EndpointError("--insecure and --keys exclude each other")
-    for name in ("queue", "keep_results_mb", "max_message_mb", "client_share", "max_connections"):
+    for name in ("queue", "keep_results_mb", "max_message_mb", "max_pending_mb", "client_share", "max_connections"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EndpointError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -175,6 +186,32 @@ def _endpoints(args: argparse.Namespace) -> list:
             "reach it can use this server and see the images", endpoint,
         )
     return binds
+
+
+def connection_limit(pending_mb: int, message_mb: int, connections: Optional[int]) -> int:
+    """The most connections open at once, so that as many half-sent messages of `message_mb` MiB fit in
+    `pending_mb` MiB: `connections` when given and it fits, else as many as fit.
+
+    ZeroMQ holds each connection's message until its last byte arrives (its pages become resident as the
+    bytes come), so `pending_mb` bounds that memory only through this product. Raises EndpointError
+    saying which option to change when the product does not fit, or not even one message does.
+    """
+    fit = pending_mb // message_mb
+    if connections is None and fit < 1:
+        raise EndpointError(f"--max-pending-mb {pending_mb} does not hold one message of --max-message-mb "
+                            f"{message_mb}: raise it to {message_mb} or more, or lower --max-message-mb")
+    if connections is None:
+        return fit
+    if connections * message_mb > pending_mb:
+        fixes = [f"--max-connections {fit} or less"] if fit else []
+        if pending_mb // connections:
+            fixes.append(f"--max-message-mb {pending_mb // connections} or less")
+        fixes.append(f"--max-pending-mb {connections * message_mb} or more")
+        raise EndpointError(
+            f"--max-connections {connections} x --max-message-mb {message_mb} is {connections * message_mb} MiB "
+            f"of messages still arriving, more than --max-pending-mb {pending_mb}: give {', or '.join(fixes)}"
+        )
+    return connections
 
 
 def _cluster(args: argparse.Namespace, threads: int):

@@ -147,10 +147,9 @@ class Engine:
 
         self.cache.trim()
         with runner.stage("blend"):
-            result = paste_back(request.image, edited, plan.frame, plan.blend)
+            patch, patch_mask, box = paste_back(request.image, edited, plan.frame, plan.blend)
         clock.lap("blend")
-        x0, y0, x1, y1 = plan.blend.getbbox() or (0, 0, 0, 0)
-        return EditResult(result, plan.blend, (x0, y0, x1 - x0, y1 - y0), clock.timings, dict(runner.counts),
+        return EditResult(request.image, patch, patch_mask, box, clock.timings, dict(runner.counts),
                           plan.frame.size, runner.prompt_warnings(request.prompt), raw=edited,
                           raw_box=plan.frame.box)
 

@@ -71,6 +71,10 @@ class Frame:
         (w, h), (W, H) = self.crop_size, self.size
         return Affine(W / w, H / h, -self.box[0] * W / w, -self.box[1] * H / h)
 
+    def local(self) -> Frame:
+        """This frame for a picture already cut to its box (as the plan's masks are): the box at the origin."""
+        return Frame((0, 0, *self.crop_size), self.size)
+
     def to(self, factor: int) -> Affine:
         """Image pixels to cells of a grid `factor` times coarser than the working size."""
         return self.to_work().then(Affine(1 / factor, 1 / factor))
@@ -111,8 +115,26 @@ def clip(box: Box, width: int, height: int) -> Optional[Box]:
 
 
 def mask_box(mask: Image.Image, threshold: int = 0) -> Optional[Box]:
-    """Bounding box of the mask's pixels above `threshold`, or None for an empty mask."""
-    return mask.point(lambda v: 255 if v > threshold else 0).getbbox()
+    """Bounding box of the (L) mask's pixels above `threshold`, or None for an empty mask; only the box of
+    its non-zero pixels is copied, so a huge mask with a small object costs little."""
+    box = mask.getbbox()
+    if box is None or threshold == 0:
+        return box
+    inner = mask.crop(box).point(lambda v: 255 if v > threshold else 0).getbbox()
+    return None if inner is None else shift(inner, box[0], box[1])
+
+
+def shift(box: Box, dx: float, dy: float) -> Box:
+    """`box` moved by (dx, dy)."""
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
+
+
+def hull(box: Box, width: int, height: int, grow: int = 0) -> Optional[Tuple[int, int, int, int]]:
+    """The integer pixels that `box` touches, grown by `grow` on each side and clipped to the image, or
+    None if nothing is inside."""
+    grown = (math.floor(box[0]) - grow, math.floor(box[1]) - grow, math.ceil(box[2]) + grow, math.ceil(box[3]) + grow)
+    inside = clip(grown, width, height)
+    return None if inside is None else tuple(int(v) for v in inside)
 
 
 def working_size(width: float, height: float, area: int) -> Tuple[int, int]:
@@ -160,19 +182,33 @@ def aspect_frame(around: Box, aspect: float, size: Tuple[int, int], context: flo
     return Frame((x0, y0, x0 + max(1, int(round(w))), y0 + max(1, int(round(h)))), size)
 
 
-def warp_mask(mask: Image.Image, affine: Affine, size: Tuple[int, int]) -> Image.Image:
-    """`mask` moved by `affine` (source pixels to target pixels) onto a canvas of `size`; what falls
-    outside is clipped."""
-    inv = affine.inverse()
+def warp_mask(mask: Image.Image, affine: Affine, window: Tuple[int, int, int, int]) -> Image.Image:
+    """`mask` moved by `affine` (source pixels to target pixels), the part that lands in `window` (integer
+    x0, y0, x1, y1 of the target) as an image of the window's size; what falls outside is clipped."""
+    inv = Affine(1, 1, window[0], window[1]).then(affine.inverse())
     coeffs = (inv.sx, 0.0, inv.tx, 0.0, inv.sy, inv.ty)
+    size = (window[2] - window[0], window[3] - window[1])
     return mask.transform(size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=0)
 
 
-def blend_mask(region: Image.Image, frame: Frame, grow: float, feather: float) -> Image.Image:
-    """Full-size blend mask: `region` grown by `grow` px, feathered by `feather` px, and zero outside the
-    region of interest (so that the crop's edges never show)."""
+def warped_box(mask: Image.Image, affine: Affine, source: Box, width: int, height: int,
+               threshold: int = 0) -> Optional[Box]:
+    """The box of `mask`'s pixels above `threshold` once moved by `affine` onto a width x height image,
+    given the box `source` of its pixels; only the part around the moved box is warped."""
+    window = hull(affine.box(source), width, height, grow=2 + int(math.ceil(max(affine.sx, affine.sy))))
+    if window is None:
+        return None
+    box = mask_box(warp_mask(mask, affine, window), threshold)
+    return None if box is None else shift(box, window[0], window[1])
+
+
+def blend_mask(region: Image.Image, frame: Frame, image_size: Tuple[int, int], grow: float,
+               feather: float) -> Image.Image:
+    """The blend mask in the frame (L, the frame's crop size): `region` (L, the frame's crop size) grown by
+    `grow` px, feathered by `feather` px, and zero along the frame's edges that cut through the image of
+    `image_size` (so that the crop's edges never show)."""
     x0, y0, x1, y1 = frame.box
-    core = region.crop(frame.box).point(lambda v: 255 if v > 127 else 0)
+    core = region.point(lambda v: 255 if v > 127 else 0)
     crop = core
     if grow > 0:
         crop = crop.filter(ImageFilter.GaussianBlur(grow / 2)).point(lambda v: 255 if v > 8 else 0)
@@ -181,11 +217,9 @@ def blend_mask(region: Image.Image, frame: Frame, grow: float, feather: float) -
     arr = np.asarray(crop)
     edge = max(1, int(math.ceil(feather / 2)))
     # Touching the image's own edge is fine; only the crop's inner edges must stay untouched.
-    rows = _keep(arr.shape[0], edge, y0 > 0, y1 < region.height)
-    columns = _keep(arr.shape[1], edge, x0 > 0, x1 < region.width)
-    full = Image.new("L", region.size, 0)
-    full.paste(Image.fromarray(arr * rows[:, None] * columns[None, :]), (x0, y0))
-    return full
+    rows = _keep(arr.shape[0], edge, y0 > 0, y1 < image_size[1])
+    columns = _keep(arr.shape[1], edge, x0 > 0, x1 < image_size[0])
+    return Image.fromarray(arr * rows[:, None] * columns[None, :])
 
 
 def _keep(length: int, edge: int, cut_before: bool, cut_after: bool) -> np.ndarray:
@@ -203,25 +237,28 @@ BLEND_ROWS = 256
 """Rows blended at a time: the float work of the final blend stays a few MiB for any picture."""
 
 
-def paste_back(original: Image.Image, edited: Image.Image, frame: Frame, mask: Image.Image) -> Image.Image:
+def paste_back(original: Image.Image, edited: Image.Image, frame: Frame,
+               mask: Image.Image) -> Tuple[Image.Image, Image.Image, Tuple[int, int, int, int]]:
     """The edited working-size crop scaled back into its frame of `original` (RGB) and blended through
-    `mask` (L, full size, zero outside the frame); where the mask is 0 the result is exactly `original`.
+    `mask` (L, the frame's crop size, in its pixels): returns the blended pixels (RGB) and the mask over
+    the mask's bounding box, and that box as (x, y, width, height) in `original`'s pixels ((0, 0, 0, 0)
+    for an empty mask). Where the mask is 0 the pixels are exactly `original`'s.
 
-    Only the mask's bounding box is blended, in strips of BLEND_ROWS rows, so the memory beyond the
-    copy of `original` is bounded by the changed frame.
+    Only the box is blended, in strips of BLEND_ROWS rows, and nothing of `original` is copied outside
+    it, so the memory is bounded by the frame, not the picture.
     """
-    out = original.copy()
     box = mask.getbbox()
     if box is None:
-        return out
+        return Image.new("RGB", (0, 0)), Image.new("L", (0, 0)), (0, 0, 0, 0)
     fx, fy = frame.box[:2]
     scaled = edited.resize(frame.crop_size, Image.Resampling.LANCZOS)
     x0, y0, x1, y1 = box
+    patch = original.crop(shift(box, fx, fy))
     for top in range(y0, y1, BLEND_ROWS):
         strip = (x0, top, x1, min(y1, top + BLEND_ROWS))
-        a = np.asarray(original.crop(strip))
-        b = np.asarray(scaled.crop((x0 - fx, top - fy, x1 - fx, strip[3] - fy)), dtype=np.float32)
+        a = np.asarray(original.crop(shift(strip, fx, fy)))
+        b = np.asarray(scaled.crop(strip), dtype=np.float32)
         m = np.asarray(mask.crop(strip), dtype=np.float32)[..., None] / 255.0
         blended = np.rint(a * (1 - m) + b * m).astype(np.uint8)
-        out.paste(Image.fromarray(np.where(m > 0, blended, a), "RGB"), strip[:2])
-    return out
+        patch.paste(Image.fromarray(np.where(m > 0, blended, a), "RGB"), (0, top - y0))
+    return patch, mask.crop(box), (x0 + fx, y0 + fy, x1 - x0, y1 - y0)

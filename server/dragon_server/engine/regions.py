@@ -114,10 +114,13 @@ def build_guide(runner: Runner, request: EditRequest, plan: PixelPlan, settings:
     release = settings.release
     layers = len(FEATURE_BLOCKS)
 
-    def on_grid(mask: Image.Image, f: Frame = frame, factor: int = GRID_FACTOR) -> torch.Tensor:
+    planned = frame.local()
+    """The frame for the plan's masks, which cover the frame only."""
+
+    def on_grid(mask: Image.Image, f: Frame = planned, factor: int = GRID_FACTOR) -> torch.Tensor:
         return grid_mask(mask, f, factor, dev)
 
-    def cells(mask: Image.Image, f: Frame = frame) -> torch.Tensor:
+    def cells(mask: Image.Image, f: Frame = planned) -> torch.Tensor:
         """A mask on the guidance grid: soft coverage (paper) or whole cells (release)."""
         grid = on_grid(mask, f)
         return _cells(grid) if release else grid

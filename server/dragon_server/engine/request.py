@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Dict, List, Optional, Tuple
 
 from PIL import Image
@@ -121,13 +122,16 @@ CancelCallback = Callable[[], bool]
 class EditResult:
     """The edited image, of the input's size, and where it differs from the input.
 
-    `mask` is the blend mask (L, image size): 0 where the output is exactly the input. `box` is
-    (x, y, width, height), the bounding box of the mask's non-zero pixels; a host that inserts only the
-    changed pixels takes `image.crop` and `mask.crop` of that box.
+    The edit is kept as its changed region over the input `picture` (not copied): `patch` (RGB) and
+    `patch_mask` (L, the blend mask, 0 where the output is exactly the input), both the size of `box` =
+    (x, y, width, height) in the picture's pixels. `image` (the whole edited picture) and `mask` (the
+    whole blend mask) are made on first use, so a host that inserts only the changed pixels never pays
+    for a copy of a huge picture.
     """
 
-    image: Image.Image
-    mask: Image.Image
+    picture: Image.Image
+    patch: Image.Image
+    patch_mask: Image.Image
     box: Tuple[int, int, int, int]
     timings: Dict[str, float]
     unet_evaluations: Dict[str, int]
@@ -138,3 +142,24 @@ class EditResult:
     """The model's own output for the region of interest (RGB, `working_size`), before the paste-back."""
     raw_box: Optional[Tuple[int, int, int, int]] = None
     """(x0, y0, x1, y1) in the input image's pixels that `raw` shows (it may reach past the edges)."""
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height) of the picture."""
+        return self.picture.size
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The whole edited picture (RGB): a copy of the input with the patch in place."""
+        image = self.picture.copy()
+        if self.patch.width and self.patch.height:
+            image.paste(self.patch, self.box[:2])
+        return image
+
+    @cached_property
+    def mask(self) -> Image.Image:
+        """The whole blend mask (L, the picture's size)."""
+        mask = Image.new("L", self.size, 0)
+        if self.patch_mask.width and self.patch_mask.height:
+            mask.paste(self.patch_mask, self.box[:2])
+        return mask

@@ -97,6 +97,8 @@ def to_mask(mask: Optional[Image.Image], size, what: str, required: bool) -> Opt
     if top < INSIDE:
         raise InputError(f"the {what} is too faint: its strongest pixel is {top} of 255 and pixels count as "
                          f"inside from {INSIDE} (half white): paint the area white")
+    if not any(strength.histogram()[1:255]):  # black and white already: no copy of a huge mask
+        return strength
     return strength.point(lambda v: 255 if v >= INSIDE else 0)
 
 
@@ -108,7 +110,9 @@ def _strength(mask: Image.Image, what: str) -> Image.Image:
         mask = mask.convert("RGBA")
     if "A" in mask.getbands() and mask.getchannel("A").getextrema()[0] < 255:
         return mask.getchannel("A")
-    if mask.mode in ("L", "1"):
+    if mask.mode == "L":
+        return mask
+    if mask.mode == "1":
         return mask.convert("L")
     rgb = mask.convert("RGB")
     return ImageChops.lighter(ImageChops.lighter(rgb.getchannel(0), rgb.getchannel(1)), rgb.getchannel(2))

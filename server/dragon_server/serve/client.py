@@ -156,17 +156,16 @@ def edit_message(request: EditRequest, request_id: str) -> Edit:
 
 
 def edit_result(request: EditRequest, message: Result) -> EditResult:
-    """The full-size EditResult: the input (as the engine sees it) with the returned region pasted in."""
-    x, y, w, h = message.box
-    image = to_rgb(request.image, "image").copy()
-    mask = Image.new("L", image.size, 0)
+    """The EditResult: the input (as the engine sees it) with the returned region as its patch."""
+    patch, patch_mask = Image.new("RGB", (0, 0)), Image.new("L", (0, 0))
     if message.image is not None and message.mask is not None:
-        image.paste(png_to_image(message.image, "result.image", "RGB"), (x, y))
-        mask.paste(png_to_image(message.mask, "result.mask", "L"), (x, y))
+        patch = png_to_image(message.image, "result.image", "RGB")
+        patch_mask = png_to_image(message.mask, "result.mask", "L")
     return EditResult(
-        image=image,
-        mask=mask,
-        box=(x, y, w, h),
+        picture=to_rgb(request.image, "image"),
+        patch=patch,
+        patch_mask=patch_mask,
+        box=tuple(message.box),
         timings=dict(message.timings),
         unet_evaluations=dict(message.unet_evaluations),
         working_size=tuple(message.working_size),

@@ -27,6 +27,8 @@ class Job:
     received: float = field(default_factory=time.monotonic)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "client"
+    unread: bool = False
+    """Whether progress for this job met its client's full send queue (said once in the log)."""
 
     @property
     def key(self) -> JobKey:

@@ -53,7 +53,7 @@ from dragon_server.serve.cluster import ClusterConfig, Replicas
 from dragon_server.serve.endpoints import is_ipv6
 from dragon_server.serve.faults import Faults
 from dragon_server.serve.jobs import Job, JobKey, JobQueue, QueueFull
-from dragon_server.serve.lograte import RepeatLimiter
+from dragon_server.serve.lograte import SERVING_LOGGERS, RepeatLimiter
 from dragon_server.serve.store import ResultStore
 from dragon_server.serve.worker import Worker, WorkerEvent
 
@@ -104,8 +104,10 @@ class ServerConfig:
     """Largest message accepted; a client that sends a bigger one is disconnected by ZeroMQ."""
     cache_bytes: Optional[int] = None
     """Memory kept for reuse between edits of the same picture; None: the engine's default."""
-    max_connections: int = 256
-    """Most client connections open at once (idle and half-sent ones included); more are closed at once."""
+    max_connections: int = 16
+    """Most client connections open at once (idle and half-sent ones included); more are closed at once.
+    With `max_message_bytes` it bounds the memory of half-sent messages (their product; see the command's
+    --max-pending-mb, which sets it)."""
     stop_wait: float = SHUTDOWN_WAIT_S
     """Seconds a stop waits for the running edit to end before abandoning it (exit status 3)."""
     faults: Faults = field(default_factory=Faults)
@@ -166,8 +168,9 @@ class Server:
         self.front = self.context.socket(zmq.ROUTER)
         self.wake_in = self.context.socket(zmq.PAIR)
         self.curve = self.config.secret_key is not None
-        self.log_limiter = RepeatLimiter().attach(log)
-        """Refused messages are logged 10 per kind and 10 s, then summarised (a flood writes no megabytes)."""
+        self.log_limiter = RepeatLimiter().attach(*SERVING_LOGGERS)
+        """Every kind of line (refused messages, accepted or cancelled edits, ...) is logged 10 times per 10 s,
+        then summarised: a flood of messages writes no megabytes."""
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -284,7 +287,9 @@ class Server:
             self.info.state = "failed"
             self.exit_code = 1
         elif event.kind == "progress":
-            self._send(job.route, job.owner, event.payload)
+            if not self._send(job.route, job.owner, event.payload) and not job.unread:
+                job.unread = True
+                log.info("request %s: its client is not reading: progress is dropped until it reads", job.edit.id)
         elif event.kind == "done":
             self._finish(job, event.payload)
             log.info(
@@ -348,7 +353,8 @@ class Server:
                 for route in [route for route, (_, held) in self.routes.items() if held == fd]:
                     del self.routes[route]
             elif len(self.connections) >= self.config.max_connections:
-                log.warning("connection refused: %d are open, the most this server takes (--max-connections)",
+                log.warning("connection refused: %d are open, the most this server takes (--max-connections, "
+                            "--max-pending-mb)",
                             len(self.connections))
                 _hang_up(fd)
             else:
@@ -482,6 +488,7 @@ class Server:
     def _shutdown(self) -> None:
         """Cancel waiting and running work, tell its clients, wait for the worker, close the sockets."""
         failed = self.info.state == "failed"
+        told = bool(self.active)  # clients are told their edits ended: they get the linger time to read it
         for job in self.jobs.close():
             if failed:
                 message = Error(id=job.edit.id, code=MODEL_UNAVAILABLE, message="the model could not be loaded")
@@ -496,6 +503,7 @@ class Server:
             while self.worker.is_alive() and time.monotonic() < deadline:
                 self.worker.join(0.1)
                 self._drain_events()
+                self._discard_incoming()
                 self._retry()
             if self.worker.is_alive():
                 log.error("request %s did not stop within %g s: stopping without it",
@@ -505,27 +513,39 @@ class Server:
         self._drain_events()
         for job in list(self.active.values()):  # did not stop in time
             self._finish(job, encode(Error(id=job.edit.id, code=SHUTTING_DOWN, message="the server stopped")))
+        # A terminal message may wait behind a full queue of progress, or not be queued yet (`undelivered`):
+        # both go out as the client reads, until the linger time is over.
         deadline = time.monotonic() + SHUTDOWN_LINGER_S
-        while self.undelivered and time.monotonic() < deadline:  # clients whose queue is full, read on
+        while (told or self.undelivered) and time.monotonic() < deadline:
             time.sleep(0.02)
+            self._discard_incoming()
             self._retry()
         with self._wake_lock:
             self._wake_out.close(0)
             self._wake_out = None
-        self.close()
+        self.close(linger=max(0.0, deadline - time.monotonic()))
         log.info("stopped")
 
-    def close(self) -> None:
-        """Close the sockets (waiting up to LINGER for replies to leave) and stop the authenticator."""
+    def _discard_incoming(self) -> None:
+        """While stopping: read and drop what clients still send. Closing a connection with bytes unread
+        resets it, and a reset throws away what its client has not read yet (its `cancelled`)."""
+        for _ in range(1000):
+            try:
+                self.front.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+
+    def close(self, linger: Optional[float] = None) -> None:
+        """Close the sockets, waiting up to `linger` seconds (None: the socket's 1 s) for queued messages to
+        leave, and stop the authenticator."""
         self.wake_in.close(0)
         if self.monitor is not None:
             self.monitor.close(0)
-        self.front.close()
+        self.front.close(None if linger is None else int(linger * 1000))
         if self.auth is not None:
             self.auth.stop()
         self.context.term()
-        self.log_limiter.flush()
-        log.removeFilter(self.log_limiter)
+        self.log_limiter.detach()
 
 
 def _hang_up(fd: int) -> None:

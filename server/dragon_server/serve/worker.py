@@ -203,8 +203,8 @@ def result_message(request_id: str, result: EditResult, waited: float) -> Result
     x, y, w, h = (int(v) for v in result.box)
     image = mask = None
     if w > 0 and h > 0:
-        image = image_to_png(result.image.crop((x, y, x + w, y + h)))
-        mask = image_to_png(result.mask.crop((x, y, x + w, y + h)))
+        image = image_to_png(result.patch)
+        mask = image_to_png(result.patch_mask)
     timings = {name: float(seconds) for name, seconds in result.timings.items()}
     timings["queue"] = waited
     return Result(
@@ -212,7 +212,7 @@ def result_message(request_id: str, result: EditResult, waited: float) -> Result
         image=image,
         mask=mask,
         box=(x, y, w, h),
-        size=result.image.size,
+        size=result.size,
         working_size=tuple(int(v) for v in result.working_size),
         timings=timings,
         unet_evaluations={name: int(n) for name, n in result.unet_evaluations.items()},
