@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_quality_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="toy", help="the model to edit with (default toy)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per edit (default 50)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="DDIM steps per edit (default 20, the step count the toy's strengths are set for; "
+                        "the release runs 50)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
     add_threads_argument(p)
